@@ -1,0 +1,37 @@
+# rinetd — `make run` serves the sample table in the foreground; `make test` checks everything.
+CARGO ?= cargo
+ETC := $(CURDIR)/etc
+RUN_CONF := $(CURDIR)/target/rinetd-run.conf
+
+.PHONY: all build release run test check fmt clippy bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+release: build
+
+# The sample table names its handlers relative to etc/; `server` must be absolute, so the
+# paths are filled in here.
+$(RUN_CONF): etc/rinetd.conf
+	@mkdir -p $(dir $@)
+	sed 's#@ETC@#$(ETC)#g' etc/rinetd.conf > $@
+
+run: build $(RUN_CONF)
+	@echo "rinetd: serving etc/rinetd.conf; try:  nc 127.0.0.1 8080   or   nc 127.0.0.1 8081   (Ctrl-C stops)"
+	./target/release/rinetd -f -c $(RUN_CONF)
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+check: fmt clippy
+
+test: check
+	$(CARGO) test --all-targets
+
+clean:
+	$(CARGO) clean

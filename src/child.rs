@@ -1,0 +1,123 @@
+//! The forked child, from fork to execve: only raw async-signal-safe syscalls on data the parent
+//! prepared, never an allocation or a lock. It never returns: it execs or `_exit(127)`s.
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+
+use libc::{c_char, c_int, gid_t, rlim_t};
+
+/// Everything the child needs, built by the parent before fork.
+pub struct ChildPlan<'a> {
+    pub path: &'a CStr,
+    /// NULL-terminated pointer arrays into CStrings the parent keeps alive across fork.
+    pub argv: &'a [*const c_char],
+    pub envp: &'a [*const c_char],
+    /// The connection: becomes fd 0 and fd 1.
+    pub connection: RawFd,
+    /// What becomes fd 2: the connection, a log pipe, or /dev/null.
+    pub stderr: RawFd,
+    /// Where a setup failure is reported: fd 2 when it is the log pipe, otherwise a
+    /// close-on-exec pipe that exec closes on success.
+    pub report: RawFd,
+    pub rlimits: &'a [(c_int, rlim_t)],
+    pub nice: c_int,
+    pub umask: libc::mode_t,
+    pub cwd: &'a CStr,
+    pub credentials: Option<(&'a [gid_t], gid_t, libc::uid_t)>,
+}
+
+/// Prefix of the line a failing child writes to its report fd; the parent logs it as
+/// `spawn failed`.
+pub const REPORT_PREFIX: &str = "rinetd-spawn: ";
+
+/// Runs in the child after fork. Steps in the contract's order: session, descriptors, signals,
+/// rlimits, nice, umask, cwd, then groups, gid, uid so the drop cannot be undone, then execve.
+pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
+    // SAFETY: every call below is a raw async-signal-safe syscall on descriptors and memory the
+    // parent prepared before fork and keeps alive; nothing allocates or takes a lock.
+    unsafe {
+        libc::setsid();
+        if libc::dup2(plan.connection, 0) < 0
+            || libc::dup2(plan.connection, 1) < 0
+            || libc::dup2(plan.stderr, 2) < 0
+        {
+            fail(plan.report, b"dup2", None);
+        }
+        // Everything above 2 closes at exec (the report pipe too, which is how the parent learns
+        // that exec succeeded). close_range is Linux >= 5.11; older kernels get a loop.
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) < 0
+        {
+            for fd in 3..65536 {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for signal in 1..libc::SIGRTMAX() {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        for (resource, value) in plan.rlimits {
+            let limit = libc::rlimit {
+                rlim_cur: *value,
+                rlim_max: *value,
+            };
+            if libc::setrlimit(*resource as _, &limit) < 0 {
+                fail(plan.report, b"setrlimit", None);
+            }
+        }
+        if plan.nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, plan.nice) < 0 {
+            fail(plan.report, b"setpriority", None);
+        }
+        libc::umask(plan.umask);
+        if libc::chdir(plan.cwd.as_ptr()) < 0 {
+            fail(plan.report, b"chdir", Some(plan.cwd));
+        }
+        if let Some((groups, gid, uid)) = plan.credentials {
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+                fail(plan.report, b"setgroups", None);
+            }
+            if libc::setgid(gid) < 0 {
+                fail(plan.report, b"setgid", None);
+            }
+            if libc::setuid(uid) < 0 {
+                fail(plan.report, b"setuid", None);
+            }
+        }
+        libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        fail(plan.report, b"exec", Some(plan.path))
+    }
+}
+
+/// Writes `rinetd-spawn: cannot STEP [WHAT]: REASON\n` to `report` and exits 127.
+fn fail(report: RawFd, step: &[u8], what: Option<&CStr>) -> ! {
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let reason = nix::errno::Errno::from_raw(errno).desc().as_bytes();
+    let what = what.map_or(&[][..], CStr::to_bytes);
+    let parts: [&[u8]; 7] = [
+        REPORT_PREFIX.as_bytes(),
+        b"cannot ",
+        step,
+        if what.is_empty() { b"" } else { b" " },
+        what,
+        b": ",
+        reason,
+    ];
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; the slices are live for the calls.
+    unsafe {
+        for part in parts.iter().chain(std::iter::once(&&b"\n"[..])) {
+            libc::write(report, part.as_ptr().cast(), part.len());
+        }
+        libc::_exit(127)
+    }
+}

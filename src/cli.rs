@@ -1,0 +1,55 @@
+//! The command line (clap derive types only).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogTarget {
+    Stderr,
+    Syslog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Yaml,
+    Inetd,
+}
+
+/// An inetd-style superserver: binds the services of a YAML table and runs a handler per
+/// connection.
+#[derive(Debug, Parser)]
+#[command(name = "rinetd", version, about)]
+pub struct Cli {
+    /// The service table [default: $RINETD_CONFIG, else /etc/rinetd.conf]
+    #[arg(short = 'c', long = "config", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Stay in the foreground; log to stderr unless --log syslog
+    #[arg(short = 'f', long = "foreground")]
+    pub foreground: bool,
+
+    /// Check the table as a start would (no socket bound), print the result, exit 0 or 78
+    #[arg(short = 't', long = "check")]
+    pub check: bool,
+
+    /// More logging (debug)
+    #[arg(short = 'v', long = "verbose", action = ArgAction::SetTrue, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// Less logging (warnings and errors only)
+    #[arg(short = 'q', long = "quiet", action = ArgAction::SetTrue)]
+    pub quiet: bool,
+
+    /// Where log lines go [default: syslog when daemonized, stderr with -f]
+    #[arg(long = "log", value_enum, value_name = "TARGET")]
+    pub log: Option<LogTarget>,
+
+    /// Write the daemon's pid here once the listeners are bound; removed at exit
+    #[arg(long = "pidfile", value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
+
+    /// The table's format
+    #[arg(long = "format", value_enum, default_value = "yaml")]
+    pub format: Format,
+}

@@ -1,0 +1,958 @@
+//! Turns the raw YAML shape into a checked `Table`: every value's type, range and form, every
+//! contract rule that needs no system lookup, and every message located at file:line:column.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde_saphyr::Spanned;
+
+use super::raw::{
+    NameProbe, OneOrMany, ProbeFile, RATE_LIMIT_KEYS, RawFile, RawRateLimit, RawService,
+    SERVICE_KEYS, Scalar, TOP_KEYS,
+};
+use super::{
+    ConfigError, IdSpec, LimitValue, PortSpec, Pos, Protocol, RateLimit, Resource, ServiceSpec,
+    StderrMode, Table,
+};
+
+const DEFAULT_MAX_CHILDREN: u32 = 256;
+const DEFAULT_BACKLOG: u32 = 1024;
+const DEFAULT_UMASK: u32 = 0o022;
+
+/// Parses and checks `text`, read from `file`. Returns the table or every error found.
+pub fn parse(file: &str, text: &str) -> Result<Table, Vec<ConfigError>> {
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let raw: RawFile = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|err| vec![syntax_error(file, text, &err)])?;
+    let mut checker = Checker {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let table = checker.table(raw);
+    if checker.errors.is_empty() {
+        Ok(table)
+    } else {
+        Err(checker.errors)
+    }
+}
+
+fn pos_of<T>(value: &Spanned<T>) -> Pos {
+    Pos {
+        line: value.referenced.line(),
+        column: value.referenced.column(),
+    }
+}
+
+/// A serde/YAML error rephrased for people: which service, which key, and a suggestion.
+fn syntax_error(file: &str, text: &str, err: &serde_saphyr::Error) -> ConfigError {
+    let pos = err.location().map(|loc| Pos {
+        line: loc.line(),
+        column: loc.column(),
+    });
+    let raw_message = err.without_snippet().to_string();
+    let message = raw_message
+        .rsplit_once(" at line ")
+        .map_or(raw_message.as_str(), |(head, _)| head)
+        .to_string();
+    let service = pos.and_then(|pos| service_at(text, pos.line));
+    let message = if let Some(rest) = message.strip_prefix("unknown field ") {
+        unknown_key_message(rest)
+    } else if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        format!("duplicate key \"{key}\"")
+    } else {
+        let readable = readable_type_error(&message);
+        match pos.and_then(|pos| key_at(text, pos)) {
+            Some(key) => format!("key \"{key}\": {readable}"),
+            None => readable,
+        }
+    };
+    ConfigError {
+        file: file.to_string(),
+        pos,
+        service,
+        message,
+    }
+}
+
+/// `` `sever`, expected one of name, port `` → `unknown key "sever" (did you mean "server"?)`.
+fn unknown_key_message(rest: &str) -> String {
+    let (key, expected) = match rest.split_once(", expected") {
+        Some((key, expected)) => (key, expected),
+        None => (rest, ""),
+    };
+    let key = key.trim_matches(|c| c == '`' || c == '"');
+    let candidates: Vec<&str> = expected
+        .trim_start_matches(" one of")
+        .split(',')
+        .map(|word| word.trim().trim_matches('`'))
+        .filter(|word| !word.is_empty())
+        .collect();
+    let known: &[&str] = if candidates.iter().any(|c| SERVICE_KEYS.contains(c)) {
+        SERVICE_KEYS
+    } else if candidates.iter().any(|c| TOP_KEYS.contains(c)) {
+        TOP_KEYS
+    } else if candidates.iter().any(|c| RATE_LIMIT_KEYS.contains(c)) {
+        RATE_LIMIT_KEYS
+    } else {
+        &candidates
+    };
+    match nearest(key, known) {
+        Some(near) => format!("unknown key \"{key}\" (did you mean \"{near}\"?)"),
+        None => format!("unknown key \"{key}\" (valid keys: {})", known.join(", ")),
+    }
+}
+
+fn readable_type_error(message: &str) -> String {
+    if message.contains("untagged enum Scalar") {
+        "expected a number or a string".to_string()
+    } else if message.contains("untagged enum OneOrMany") {
+        "expected an IP address or a list of them".to_string()
+    } else if message == "invalid boolean" {
+        "expected true or false".to_string()
+    } else if let Some(kind) = message.strip_prefix("invalid ") {
+        if kind.starts_with('i') || kind.starts_with('u') {
+            "expected an integer".to_string()
+        } else {
+            message.to_string()
+        }
+    } else {
+        message.to_string()
+    }
+}
+
+/// The nearest known word within a small edit distance, for "did you mean".
+fn nearest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|candidate| (edit_distance(word, candidate), *candidate))
+        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 3))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// The mapping key that owns the value at `pos`: on the same line before the column, or on the
+/// nearest line above that is indented less.
+fn key_at(text: &str, pos: Pos) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let index = usize::try_from(pos.line).ok()?.checked_sub(1)?;
+    let line = lines.get(index)?;
+    let column = usize::try_from(pos.column).ok()?.saturating_sub(1);
+    let before: String = line.chars().take(column).collect();
+    if let Some(key) = key_of_line(&before) {
+        return Some(key);
+    }
+    let indent = line.len() - line.trim_start().len();
+    lines[..index]
+        .iter()
+        .rev()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .find(|l| l.len() - l.trim_start().len() < indent)
+        .and_then(|l| key_of_line(l))
+}
+
+fn key_of_line(line: &str) -> Option<String> {
+    let trimmed = line.trim_start().trim_start_matches("- ").trim_start();
+    let (key, _) = trimmed.split_once(':')?;
+    let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    plain.then(|| key.to_string())
+}
+
+/// The name of the service whose entry covers `line`, found by a lenient second parse.
+fn service_at(text: &str, line: u64) -> Option<String> {
+    let probe: ProbeFile = serde_saphyr::from_str(text).ok()?;
+    let entry = probe
+        .services?
+        .into_iter()
+        .filter(|entry| entry.referenced.line() <= line)
+        .max_by_key(|entry| entry.referenced.line())?;
+    match entry.value.name {
+        Some(NameProbe::Text(name)) => Some(name),
+        _ => None,
+    }
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+/// A (d) key: the service's own value, else the one from `defaults:`.
+fn pick<'v, T>(
+    own: &'v Option<Spanned<T>>,
+    defaults: &'v Option<Spanned<T>>,
+) -> Option<&'v Spanned<T>> {
+    own.as_ref().or(defaults.as_ref())
+}
+
+impl Checker<'_> {
+    fn error(&mut self, pos: Pos, service: Option<&str>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            pos: Some(pos),
+            service: service.map(str::to_string),
+            message: message.into(),
+        });
+    }
+
+    fn table(&mut self, raw: RawFile) -> Table {
+        if let Some(include) = &raw.include {
+            self.error(pos_of(include), None, "key \"include\": not supported yet");
+        }
+        let defaults = match raw.defaults {
+            Some(defaults) => {
+                self.reject_in_defaults(&defaults);
+                defaults.value
+            }
+            None => RawService::default(),
+        };
+        let Some(entries) = raw.services else {
+            self.errors.push(ConfigError {
+                file: self.file.to_string(),
+                pos: None,
+                service: None,
+                message: "missing key \"services\" (an empty list `services: []` is allowed)"
+                    .to_string(),
+            });
+            return self.empty();
+        };
+        let mut services = Vec::new();
+        for (index, entry) in entries.value.iter().enumerate() {
+            if let Some(service) = self.service(index, entry, &defaults) {
+                services.push(service);
+            }
+        }
+        self.check_unique(&services);
+        Table {
+            file: self.file.to_string(),
+            services,
+        }
+    }
+
+    fn empty(&self) -> Table {
+        Table {
+            file: self.file.to_string(),
+            services: Vec::new(),
+        }
+    }
+
+    /// Keys that describe one particular service make no sense as a default for all of them.
+    fn reject_in_defaults(&mut self, defaults: &Spanned<RawService>) {
+        let d = &defaults.value;
+        let per_service: [(&str, Option<Pos>); 11] = [
+            ("name", d.name.as_ref().map(pos_of)),
+            ("protocol", d.protocol.as_ref().map(pos_of)),
+            ("address", d.address.as_ref().map(pos_of)),
+            ("port", d.port.as_ref().map(pos_of)),
+            ("path", d.path.as_ref().map(pos_of)),
+            ("socket_mode", d.socket_mode.as_ref().map(pos_of)),
+            ("server", d.server.as_ref().map(pos_of)),
+            ("args", d.args.as_ref().map(pos_of)),
+            ("builtin", d.builtin.as_ref().map(pos_of)),
+            ("wait", d.wait.as_ref().map(pos_of)),
+            ("disabled", d.disabled.as_ref().map(pos_of)),
+        ];
+        for (key, pos) in per_service {
+            if let Some(pos) = pos {
+                self.error(
+                    pos,
+                    None,
+                    format!("key \"{key}\" cannot be set in defaults (it belongs to one service)"),
+                );
+            }
+        }
+    }
+
+    fn service(
+        &mut self,
+        index: usize,
+        entry: &Spanned<RawService>,
+        defaults: &RawService,
+    ) -> Option<ServiceSpec> {
+        let s = &entry.value;
+        let errors_before = self.errors.len();
+        let entry_pos = pos_of(entry);
+        let name = match &s.name {
+            Some(name) => {
+                let valid = valid_name(&name.value);
+                if !valid {
+                    self.error(
+                        pos_of(name),
+                        Some(&name.value),
+                        "key \"name\": must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+                    );
+                }
+                name.value.clone()
+            }
+            None => {
+                let label = format!("#{}", index + 1);
+                self.error(entry_pos, Some(&label), "missing key \"name\"");
+                label
+            }
+        };
+        let svc = Some(name.as_str());
+
+        let protocol = match &s.protocol {
+            None => Protocol::Tcp,
+            Some(p) => match p.value.as_str() {
+                "tcp" => Protocol::Tcp,
+                "udp" | "unix" => {
+                    self.error(
+                        pos_of(p),
+                        svc,
+                        format!("key \"protocol\": \"{}\" is not supported yet", p.value),
+                    );
+                    if p.value == "udp" {
+                        Protocol::Udp
+                    } else {
+                        Protocol::Unix
+                    }
+                }
+                other => {
+                    self.error(
+                        pos_of(p),
+                        svc,
+                        format!("key \"protocol\": \"{other}\" is not one of tcp, udp, unix"),
+                    );
+                    Protocol::Tcp
+                }
+            },
+        };
+        for (key, pos) in [
+            ("path", s.path.as_ref().map(pos_of)),
+            ("socket_mode", s.socket_mode.as_ref().map(pos_of)),
+        ] {
+            if let Some(pos) = pos {
+                self.error(pos, svc, format!("key \"{key}\": only for protocol unix"));
+            }
+        }
+        if let Some(builtin) = &s.builtin {
+            self.error(
+                pos_of(builtin),
+                svc,
+                "key \"builtin\": builtin services are not supported yet",
+            );
+        }
+        if let Some(wait) = &s.wait
+            && wait.value
+        {
+            self.error(
+                pos_of(wait),
+                svc,
+                "key \"wait\": wait: true is not supported yet",
+            );
+        }
+        if let Some(proxy) = pick(&s.proxy_protocol, &defaults.proxy_protocol)
+            && proxy.value
+        {
+            self.error(
+                pos_of(proxy),
+                svc,
+                "key \"proxy_protocol\": proxy_protocol: true is not supported yet",
+            );
+        }
+
+        let addresses = self.addresses(s, svc);
+        let (port, port_pos) = match &s.port {
+            Some(port) => (self.port(port, svc), pos_of(port)),
+            None => (PortSpec::Name(name.clone()), entry_pos),
+        };
+        let (server, server_pos) = match &s.server {
+            Some(server) => {
+                if !server.value.starts_with('/') {
+                    self.error(
+                        pos_of(server),
+                        svc,
+                        format!(
+                            "key \"server\": \"{}\" is not an absolute path",
+                            server.value
+                        ),
+                    );
+                }
+                (PathBuf::from(&server.value), pos_of(server))
+            }
+            None => {
+                if s.builtin.is_none() {
+                    self.error(entry_pos, svc, "missing key \"server\" (or \"builtin\")");
+                }
+                (PathBuf::new(), entry_pos)
+            }
+        };
+        let args = match &s.args {
+            Some(args) => {
+                if args.value.is_empty() {
+                    self.error(
+                        pos_of(args),
+                        svc,
+                        "key \"args\": must hold at least argv[0]",
+                    );
+                }
+                self.no_nul(&args.value, pos_of(args), svc, "args");
+                args.value.clone()
+            }
+            None => vec![
+                server
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ],
+        };
+
+        let user = pick(&s.user, &defaults.user).map(|u| (self.id_spec(u, svc, "user"), pos_of(u)));
+        let group =
+            pick(&s.group, &defaults.group).map(|g| (self.id_spec(g, svc, "group"), pos_of(g)));
+        let env = pick(&s.env, &defaults.env).map_or_else(BTreeMap::new, |env| {
+            for (key, value) in &env.value {
+                if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0')
+                {
+                    self.error(
+                        pos_of(env),
+                        svc,
+                        format!("key \"env\": \"{key}\" is not a valid variable name"),
+                    );
+                }
+            }
+            env.value.clone()
+        });
+        let pass_env = pick(&s.pass_env, &defaults.pass_env).map_or_else(Vec::new, |list| {
+            for key in &list.value {
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    self.error(
+                        pos_of(list),
+                        svc,
+                        format!("key \"pass_env\": \"{key}\" is not a valid variable name"),
+                    );
+                }
+            }
+            list.value.clone()
+        });
+        let cwd = match pick(&s.cwd, &defaults.cwd) {
+            Some(cwd) => {
+                if !cwd.value.starts_with('/') {
+                    self.error(pos_of(cwd), svc, "key \"cwd\": must be an absolute path");
+                }
+                PathBuf::from(&cwd.value)
+            }
+            None => PathBuf::from("/"),
+        };
+        let stderr = match pick(&s.stderr, &defaults.stderr) {
+            None => StderrMode::Log,
+            Some(mode) => match mode.value.as_deref() {
+                None | Some("null") => StderrMode::Null,
+                Some("log") => StderrMode::Log,
+                Some("socket") => StderrMode::Socket,
+                Some(other) => {
+                    self.error(
+                        pos_of(mode),
+                        svc,
+                        format!("key \"stderr\": \"{other}\" is not one of log, socket, null"),
+                    );
+                    StderrMode::Log
+                }
+            },
+        };
+        let max_children = pick(&s.max_children, &defaults.max_children)
+            .map_or(DEFAULT_MAX_CHILDREN, |v| self.count(v, svc, "max_children"));
+        let per_source = pick(&s.per_source, &defaults.per_source)
+            .map_or(0, |v| self.count(v, svc, "per_source"));
+        let rate_limit =
+            pick(&s.rate_limit, &defaults.rate_limit).and_then(|r| self.rate_limit(r, svc));
+        let only_from = pick(&s.only_from, &defaults.only_from)
+            .map_or_else(Vec::new, |list| self.networks(list, svc, "only_from"));
+        let no_access = pick(&s.no_access, &defaults.no_access)
+            .map_or_else(Vec::new, |list| self.networks(list, svc, "no_access"));
+        let timeout = pick(&s.timeout, &defaults.timeout)
+            .and_then(|t| self.duration(t, svc, "timeout"))
+            .filter(|t| !t.is_zero());
+        let rlimits = pick(&s.rlimits, &defaults.rlimits)
+            .map_or_else(Vec::new, |limits| self.rlimits(limits, svc));
+        let nice = match pick(&s.nice, &defaults.nice) {
+            Some(nice) if !(-20..=19).contains(&nice.value) => {
+                self.error(
+                    pos_of(nice),
+                    svc,
+                    "key \"nice\": must be between -20 and 19",
+                );
+                0
+            }
+            Some(nice) => nice.value as i32,
+            None => 0,
+        };
+        let umask = pick(&s.umask, &defaults.umask).map_or(DEFAULT_UMASK, |u| self.umask(u, svc));
+        let backlog = match pick(&s.backlog, &defaults.backlog) {
+            Some(b) if !(1..=65535).contains(&b.value) => {
+                self.error(
+                    pos_of(b),
+                    svc,
+                    "key \"backlog\": must be between 1 and 65535",
+                );
+                DEFAULT_BACKLOG
+            }
+            Some(b) => b.value as u32,
+            None => DEFAULT_BACKLOG,
+        };
+        let keepalive = pick(&s.keepalive, &defaults.keepalive).is_some_and(|k| k.value);
+        let disabled = s.disabled.as_ref().is_some_and(|d| d.value);
+
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(ServiceSpec {
+            name,
+            pos: entry_pos,
+            protocol,
+            addresses,
+            port,
+            port_pos,
+            server,
+            server_pos,
+            args,
+            user,
+            group,
+            env,
+            pass_env,
+            cwd,
+            stderr,
+            max_children,
+            per_source,
+            rate_limit,
+            only_from,
+            no_access,
+            timeout,
+            rlimits,
+            nice,
+            umask,
+            backlog,
+            keepalive,
+            disabled,
+        })
+    }
+
+    fn no_nul(&mut self, values: &[String], pos: Pos, svc: Option<&str>, key: &str) {
+        if values.iter().any(|v| v.contains('\0')) {
+            self.error(
+                pos,
+                svc,
+                format!("key \"{key}\": a NUL byte cannot be passed"),
+            );
+        }
+    }
+
+    fn addresses(&mut self, s: &RawService, svc: Option<&str>) -> Vec<IpAddr> {
+        let Some(address) = &s.address else {
+            return vec![IpAddr::from([0, 0, 0, 0])];
+        };
+        let texts = match &address.value {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        };
+        if texts.is_empty() {
+            self.error(pos_of(address), svc, "key \"address\": the list is empty");
+        }
+        let mut addresses = Vec::new();
+        for text in texts {
+            let literal = text.trim_start_matches('[').trim_end_matches(']');
+            match literal.parse::<IpAddr>() {
+                Ok(ip) if addresses.contains(&ip) => self.error(
+                    pos_of(address),
+                    svc,
+                    format!("key \"address\": \"{text}\" is listed twice"),
+                ),
+                Ok(ip) => addresses.push(ip),
+                Err(_) => self.error(
+                    pos_of(address),
+                    svc,
+                    format!("key \"address\": \"{text}\" is not an IP address literal"),
+                ),
+            }
+        }
+        addresses
+    }
+
+    fn port(&mut self, port: &Spanned<Scalar>, svc: Option<&str>) -> PortSpec {
+        match &port.value {
+            Scalar::Int(n) => match u16::try_from(*n) {
+                Ok(n) => PortSpec::Number(n),
+                Err(_) => {
+                    self.error(
+                        pos_of(port),
+                        svc,
+                        format!("key \"port\": {n} is not in 0-65535"),
+                    );
+                    PortSpec::Number(0)
+                }
+            },
+            Scalar::Text(text) => match text.parse::<u16>() {
+                Ok(n) => PortSpec::Number(n),
+                Err(_) if text.is_empty() || text.chars().any(char::is_whitespace) => {
+                    self.error(
+                        pos_of(port),
+                        svc,
+                        format!("key \"port\": \"{text}\" is not a port"),
+                    );
+                    PortSpec::Number(0)
+                }
+                Err(_) => PortSpec::Name(text.clone()),
+            },
+        }
+    }
+
+    fn id_spec(&mut self, value: &Spanned<Scalar>, svc: Option<&str>, key: &str) -> IdSpec {
+        match &value.value {
+            Scalar::Int(n) => match u32::try_from(*n) {
+                Ok(id) => IdSpec::Id(id),
+                Err(_) => {
+                    self.error(
+                        pos_of(value),
+                        svc,
+                        format!("key \"{key}\": {n} is not a valid id"),
+                    );
+                    IdSpec::Id(0)
+                }
+            },
+            Scalar::Text(text) => match text.parse::<u32>() {
+                Ok(id) => IdSpec::Id(id),
+                Err(_) => IdSpec::Name(text.clone()),
+            },
+        }
+    }
+
+    fn count(&mut self, value: &Spanned<i64>, svc: Option<&str>, key: &str) -> u32 {
+        match u32::try_from(value.value) {
+            Ok(n) => n,
+            Err(_) => {
+                self.error(
+                    pos_of(value),
+                    svc,
+                    format!("key \"{key}\": must be between 0 and {}", u32::MAX),
+                );
+                0
+            }
+        }
+    }
+
+    fn rate_limit(
+        &mut self,
+        value: &Spanned<RawRateLimit>,
+        svc: Option<&str>,
+    ) -> Option<RateLimit> {
+        let raw = &value.value;
+        let field = |this: &mut Self, v: &Option<Spanned<Scalar>>, name: &str| match v {
+            Some(v) => this.duration(v, svc, &format!("rate_limit.{name}")),
+            None => {
+                this.error(
+                    pos_of(value),
+                    svc,
+                    format!("key \"rate_limit\": missing \"{name}\""),
+                );
+                None
+            }
+        };
+        let per = field(self, &raw.per, "per");
+        let pause = field(self, &raw.pause, "pause");
+        let max = match &raw.max {
+            Some(max) if max.value < 1 || max.value > i64::from(u32::MAX) => {
+                self.error(
+                    pos_of(max),
+                    svc,
+                    "key \"rate_limit.max\": must be at least 1",
+                );
+                None
+            }
+            Some(max) => Some(max.value as u32),
+            None => {
+                self.error(pos_of(value), svc, "key \"rate_limit\": missing \"max\"");
+                None
+            }
+        };
+        if let Some(per) = per
+            && per.is_zero()
+        {
+            self.error(
+                pos_of(value),
+                svc,
+                "key \"rate_limit.per\": must be more than 0",
+            );
+        }
+        Some(RateLimit {
+            max: max?,
+            per: per?,
+            pause: pause?,
+        })
+    }
+
+    fn duration(
+        &mut self,
+        value: &Spanned<Scalar>,
+        svc: Option<&str>,
+        key: &str,
+    ) -> Option<Duration> {
+        let parsed = match &value.value {
+            Scalar::Int(n) => u64::try_from(*n).ok().map(Duration::from_secs),
+            Scalar::Text(text) => parse_duration(text),
+        };
+        if parsed.is_none() {
+            self.error(
+                pos_of(value),
+                svc,
+                format!("key \"{key}\": not a duration (seconds, or a number with ms, s, m or h)"),
+            );
+        }
+        parsed
+    }
+
+    fn networks(
+        &mut self,
+        list: &Spanned<Vec<Spanned<String>>>,
+        svc: Option<&str>,
+        key: &str,
+    ) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for item in &list.value {
+            match parse_network(&item.value) {
+                Some(net) => nets.push(net),
+                None => self.error(
+                    pos_of(item),
+                    svc,
+                    format!(
+                        "key \"{key}\": \"{}\" is not an IP address or CIDR",
+                        item.value
+                    ),
+                ),
+            }
+        }
+        nets
+    }
+
+    fn rlimits(
+        &mut self,
+        limits: &Spanned<BTreeMap<String, Spanned<Scalar>>>,
+        svc: Option<&str>,
+    ) -> Vec<(Resource, LimitValue)> {
+        let mut out = Vec::new();
+        for (name, value) in &limits.value {
+            let resource = match name.as_str() {
+                "nofile" => Resource::Nofile,
+                "nproc" => Resource::Nproc,
+                "cpu" => Resource::Cpu,
+                "as" => Resource::As,
+                "core" => Resource::Core,
+                "fsize" => Resource::Fsize,
+                "data" => Resource::Data,
+                "stack" => Resource::Stack,
+                other => {
+                    let known = [
+                        "nofile", "nproc", "cpu", "as", "core", "fsize", "data", "stack",
+                    ];
+                    let hint = nearest(other, &known)
+                        .map(|n| format!(" (did you mean \"{n}\"?)"))
+                        .unwrap_or_default();
+                    self.error(
+                        pos_of(value),
+                        svc,
+                        format!("key \"rlimits\": unknown limit \"{other}\"{hint}"),
+                    );
+                    continue;
+                }
+            };
+            let limit = match &value.value {
+                Scalar::Int(n) if *n >= 0 => Some(*n as u64),
+                Scalar::Text(text) if text == "unlimited" => None,
+                _ => {
+                    self.error(
+                        pos_of(value),
+                        svc,
+                        format!(
+                            "key \"rlimits.{name}\": must be a non-negative integer or unlimited"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            out.push((resource, limit));
+        }
+        out
+    }
+
+    fn umask(&mut self, value: &Spanned<String>, svc: Option<&str>) -> u32 {
+        let quoted = usize::try_from(value.referenced.span().offset())
+            .ok()
+            .and_then(|offset| self.text.get(offset..))
+            .is_some_and(|rest| rest.starts_with('"') || rest.starts_with('\''));
+        let text = &value.value;
+        if !quoted {
+            {
+                self.error(
+                    pos_of(value),
+                    svc,
+                    "key \"umask\": quote the octal value, e.g. umask: \"022\" (YAML 1.2 reads 022 as the decimal 22)",
+                );
+                return DEFAULT_UMASK;
+            }
+        }
+        match u32::from_str_radix(text, 8) {
+            Ok(mask) if mask <= 0o777 => mask,
+            _ => {
+                self.error(
+                    pos_of(value),
+                    svc,
+                    format!("key \"umask\": \"{text}\" is not an octal mask 000-777"),
+                );
+                DEFAULT_UMASK
+            }
+        }
+    }
+
+    /// Names are unique over the table; two enabled services may not share protocol+address+port.
+    fn check_unique(&mut self, services: &[ServiceSpec]) {
+        let mut names: HashMap<&str, Pos> = HashMap::new();
+        let mut sockets: HashMap<(Protocol, IpAddr, u16), &str> = HashMap::new();
+        let mut errors = Vec::new();
+        for service in services {
+            if let Some(first) = names.insert(&service.name, service.pos) {
+                errors.push((
+                    service.pos,
+                    service.name.clone(),
+                    format!(
+                        "duplicate service name (first defined at line {})",
+                        first.line
+                    ),
+                ));
+            }
+            let PortSpec::Number(port) = service.port else {
+                continue;
+            };
+            if service.disabled || port == 0 {
+                continue;
+            }
+            for address in &service.addresses {
+                if let Some(other) =
+                    sockets.insert((service.protocol, *address, port), &service.name)
+                {
+                    errors.push((
+                        service.port_pos,
+                        service.name.clone(),
+                        format!(
+                            "{}/{} port {port} is already used by service \"{other}\"",
+                            address,
+                            service.protocol.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        for (pos, name, message) in errors {
+            self.error(pos, Some(&name), message);
+        }
+    }
+}
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    first_ok
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `30`, `500ms`, `10s`, `5m`, `1h`.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    match unit.trim() {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+/// `10.0.0.0/8`, `::1`, `192.168.1.7` (a bare address is a /32 or /128).
+pub(crate) fn parse_network(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    text.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse("t.conf", text) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn typo_gets_a_suggestion_with_location_and_service() {
+        let text = "services:\n  - name: hello\n    port: 8080\n    sever: /bin/true\n";
+        assert_eq!(
+            errors(text),
+            ["t.conf:4:5: service \"hello\": unknown key \"sever\" (did you mean \"server\"?)"]
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2x"), None);
+    }
+
+    #[test]
+    fn unquoted_umask_is_refused() {
+        let text = "services:\n  - name: a\n    port: 1\n    server: /bin/true\n    umask: 022\n";
+        let e = errors(text);
+        assert!(
+            e[0].contains("t.conf:5:12") && e[0].contains("quote"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn stderr_null_in_service_beats_defaults() {
+        let text = "defaults:\n  stderr: socket\nservices:\n  - name: a\n    port: 1\n    server: /bin/true\n    stderr: null\n";
+        let table = parse("t.conf", text).unwrap();
+        assert_eq!(table.services[0].stderr, StderrMode::Null);
+    }
+
+    #[test]
+    fn type_error_names_the_key() {
+        let text = "services:\n  - name: a\n    port: 1\n    server: /bin/true\n    keepalive: 3\n";
+        let e = errors(text);
+        assert!(e[0].contains("service \"a\": key \"keepalive\""), "{e:?}");
+    }
+}

@@ -1,0 +1,143 @@
+//! The service table as a pure value: YAML text in, a checked `Table` (or every error, located)
+//! out. No syscalls and no NSS lookups happen here; `resolve.rs` does those.
+
+mod check;
+mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use check::parse;
+
+/// Where a value was written, for messages from later stages (resolve) about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: u64,
+    pub column: u64,
+}
+
+/// One problem found in the table. `Display` gives `FILE:LINE:COL: service "NAME": message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub pos: Option<Pos>,
+    pub service: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(pos) = self.pos {
+            write!(f, ":{}:{}", pos.line, pos.column)?;
+        }
+        if let Some(service) = &self.service {
+            write!(f, ": service \"{service}\"")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Unix,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Unix => "unix",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StderrMode {
+    Log,
+    Socket,
+    Null,
+}
+
+/// `port:` as written: a number, or a name still to be looked up in /etc/services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    Number(u16),
+    Name(String),
+}
+
+/// `user:` / `group:` as written: a numeric id or a name still to be looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdSpec {
+    Id(u32),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub per: Duration,
+    pub pause: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Nofile,
+    Nproc,
+    Cpu,
+    As,
+    Core,
+    Fsize,
+    Data,
+    Stack,
+}
+
+/// An rlimit value; `None` is `unlimited`.
+pub type LimitValue = Option<u64>;
+
+/// One service, checked but not yet resolved against the system.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub pos: Pos,
+    pub protocol: Protocol,
+    pub addresses: Vec<IpAddr>,
+    pub port: PortSpec,
+    pub port_pos: Pos,
+    pub server: PathBuf,
+    pub server_pos: Pos,
+    pub args: Vec<String>,
+    pub user: Option<(IdSpec, Pos)>,
+    pub group: Option<(IdSpec, Pos)>,
+    pub env: BTreeMap<String, String>,
+    pub pass_env: Vec<String>,
+    pub cwd: PathBuf,
+    pub stderr: StderrMode,
+    pub max_children: u32,
+    pub per_source: u32,
+    pub rate_limit: Option<RateLimit>,
+    pub only_from: Vec<IpNet>,
+    pub no_access: Vec<IpNet>,
+    pub timeout: Option<Duration>,
+    pub rlimits: Vec<(Resource, LimitValue)>,
+    pub nice: i32,
+    pub umask: u32,
+    pub backlog: u32,
+    pub keepalive: bool,
+    pub disabled: bool,
+}
+
+/// The whole checked table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub file: String,
+    pub services: Vec<ServiceSpec>,
+}

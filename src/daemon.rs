@@ -1,0 +1,102 @@
+//! Process plumbing around the server: detaching into the background with a readiness pipe to
+//! the waiting parent, the pidfile, standard descriptors and the NOFILE limit.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::unistd::{ForkResult, fork, pipe2, setsid};
+
+/// Held by the detached daemon: tells the waiting parent how the start went.
+pub struct Readiness {
+    pipe: File,
+}
+
+impl Readiness {
+    /// Start succeeded: the parent exits 0.
+    pub fn ready(mut self) {
+        let _ = self.pipe.write_all(&[0]);
+    }
+
+    /// Start failed: the parent prints `message` and exits with `code`.
+    pub fn failed(mut self, code: u8, message: &str) {
+        let _ = self.pipe.write_all(&[code]);
+        let _ = self.pipe.write_all(message.as_bytes());
+    }
+}
+
+/// Forks into the background. The parent waits for the child's verdict and exits with it; it
+/// never returns. The child returns, in a new session, with cwd `/` and stdin/stdout on
+/// /dev/null (stderr too unless `keep_stderr`).
+pub fn detach(keep_stderr: bool) -> std::io::Result<Readiness> {
+    let (reader, writer) = pipe2(OFlag::O_CLOEXEC)?;
+    // SAFETY: rinetd is still single-threaded here (nothing has started a thread), so the child
+    // may go on running ordinary Rust code.
+    match unsafe { fork() }? {
+        ForkResult::Parent { .. } => {
+            drop(writer);
+            std::process::exit(wait_for_child(reader));
+        }
+        ForkResult::Child => {
+            drop(reader);
+            setsid()?;
+            std::env::set_current_dir("/")?;
+            let null = File::options().read(true).write(true).open("/dev/null")?;
+            nix::unistd::dup2_stdin(&null)?;
+            nix::unistd::dup2_stdout(&null)?;
+            if !keep_stderr {
+                nix::unistd::dup2_stderr(&null)?;
+            }
+            Ok(Readiness {
+                pipe: File::from(writer),
+            })
+        }
+    }
+}
+
+/// The parent's side: 0 once the daemon says ready; its code and message if it failed; 71 if
+/// it died without a word.
+fn wait_for_child(reader: OwnedFd) -> i32 {
+    let mut verdict = Vec::new();
+    let _ = File::from(reader).read_to_end(&mut verdict);
+    match verdict.split_first() {
+        Some((0, _)) => 0,
+        Some((code, message)) => {
+            eprintln!("rinetd: {}", String::from_utf8_lossy(message));
+            i32::from(*code)
+        }
+        None => {
+            eprintln!("rinetd: the daemon exited during start-up (see its log)");
+            71
+        }
+    }
+}
+
+/// Makes sure fds 0, 1 and 2 are open, so no socket of ours can land on them by accident.
+pub fn ensure_standard_fds() {
+    while let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        if null.as_raw_fd() > 2 {
+            break;
+        }
+        let _ = null.into_raw_fd();
+    }
+}
+
+/// Raises the NOFILE soft limit to the hard limit; returns the limits as found.
+pub fn raise_nofile() -> (u64, u64) {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+            (soft, hard)
+        }
+        Err(_) => (1024, 1024),
+    }
+}
+
+pub fn write_pidfile(path: &Path) -> Result<(), String> {
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .map_err(|err| format!("cannot write pidfile {}: {err}", path.display()))
+}

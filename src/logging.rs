@@ -1,0 +1,82 @@
+//! The `log` backend: one line per event to stderr (`rinetd: …`) or to syslog(3) with facility
+//! daemon and ident `rinetd`. libc's syslog reconnects by itself when syslogd restarts.
+
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use nix::syslog::{Facility, LogFlags, Priority, Severity};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Stderr,
+    Syslog,
+}
+
+struct Logger {
+    target: Target,
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        match self.target {
+            Target::Stderr => {
+                let prefix = match record.level() {
+                    Level::Error => "error: ",
+                    Level::Warn => "warning: ",
+                    _ => "",
+                };
+                // One write per line, so lines from a busy daemon never interleave.
+                let line = format!("rinetd: {prefix}{}\n", record.args());
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+            Target::Syslog => {
+                let severity = match record.level() {
+                    Level::Error => Severity::LOG_ERR,
+                    Level::Warn => Severity::LOG_WARNING,
+                    Level::Info => Severity::LOG_INFO,
+                    Level::Debug | Level::Trace => Severity::LOG_DEBUG,
+                };
+                let message = record.args().to_string().replace('\0', "\\0");
+                let _ =
+                    nix::syslog::syslog(Priority::new(severity, Facility::LOG_DAEMON), &message);
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger. Syslog falls back to stderr (with a warning) when /dev/log is not there.
+pub fn init(target: Target, level: LevelFilter) {
+    let target = match target {
+        Target::Syslog
+            if UnixDatagram::unbound()
+                .and_then(|s| s.connect("/dev/log"))
+                .is_err() =>
+        {
+            let _ = writeln!(
+                std::io::stderr(),
+                "rinetd: warning: syslog is unavailable (/dev/log), logging to stderr"
+            );
+            Target::Stderr
+        }
+        target => target,
+    };
+    if target == Target::Syslog {
+        let _ = nix::syslog::openlog(
+            Some(c"rinetd"),
+            LogFlags::LOG_PID | LogFlags::LOG_NDELAY,
+            Facility::LOG_DAEMON,
+        );
+    }
+    log::set_max_level(level);
+    let _ = log::set_boxed_logger(Box::new(Logger { target }));
+}

@@ -1,0 +1,150 @@
+//! rinetd: parse the command line, load the table, detach unless -f, serve. Every outcome
+//! becomes an exit status here and only here.
+
+mod child;
+mod cli;
+mod config;
+mod daemon;
+mod listener;
+mod logging;
+mod resolve;
+mod server;
+mod signals;
+mod spawn;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::rc::Rc;
+
+use clap::Parser;
+use log::{LevelFilter, error, warn};
+
+use crate::cli::{Cli, Format, LogTarget};
+use crate::logging::Target;
+use crate::resolve::{Host, Service};
+
+const EX_CONFIG: u8 = 78;
+const EX_OSERR: u8 = 71;
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os("RINETD_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/rinetd.conf"))
+}
+
+/// Reads, parses and resolves the table: the services and warnings, or every error as a line.
+fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>), Vec<String>> {
+    let shown = path.display().to_string();
+    if format == Format::Inetd {
+        return Err(vec![format!(
+            "{shown}: --format inetd is not supported yet"
+        )]);
+    }
+    let text = std::fs::read_to_string(path).map_err(|err| vec![format!("{shown}: {err}")])?;
+    let render = |errors: Vec<config::ConfigError>| -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    };
+    let table = config::parse(&shown, &text).map_err(render)?;
+    let (services, warnings) = resolve::resolve(&table, &Host::current()).map_err(render)?;
+    Ok((services, table.services.len(), warnings))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    daemon::ensure_standard_fds();
+    let path = config_path(&cli);
+    let loaded = load(&path, cli.format);
+    if cli.check {
+        return match loaded {
+            Ok((_, count, warnings)) => {
+                for warning in warnings {
+                    eprintln!("rinetd: warning: {warning}");
+                }
+                println!("{}: OK, {count} services", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for line in errors {
+                    eprintln!("rinetd: {line}");
+                }
+                ExitCode::from(EX_CONFIG)
+            }
+        };
+    }
+    let (services, _, warnings) = match loaded {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            for line in errors {
+                eprintln!("rinetd: {line}");
+            }
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let target = match cli.log {
+        Some(LogTarget::Stderr) => Target::Stderr,
+        Some(LogTarget::Syslog) => Target::Syslog,
+        None if cli.foreground => Target::Stderr,
+        None => Target::Syslog,
+    };
+    let readiness = if cli.foreground {
+        None
+    } else {
+        match daemon::detach(target == Target::Stderr) {
+            Ok(readiness) => Some(readiness),
+            Err(err) => {
+                eprintln!("rinetd: cannot detach: {err}");
+                return ExitCode::from(EX_OSERR);
+            }
+        }
+    };
+    let level = if cli.verbose {
+        LevelFilter::Debug
+    } else if cli.quiet {
+        LevelFilter::Warn
+    } else {
+        LevelFilter::Info
+    };
+    logging::init(target, level);
+    for warning in warnings {
+        warn!("{warning}");
+    }
+    let original_nofile = daemon::raise_nofile();
+    // The readiness pipe is answered exactly once: ready from inside run, or failed below.
+    let readiness = Rc::new(RefCell::new(readiness));
+    let server = match server::Server::new(services, original_nofile) {
+        Ok(server) => server,
+        Err(err) => return fail_start(&readiness, &format!("cannot start: {err}")),
+    };
+    let pidfile = cli.pidfile.clone();
+    let on_ready = {
+        let readiness = Rc::clone(&readiness);
+        let pidfile = pidfile.clone();
+        Box::new(move || {
+            if let Some(path) = &pidfile {
+                daemon::write_pidfile(path)?;
+            }
+            if let Some(readiness) = readiness.borrow_mut().take() {
+                readiness.ready();
+            }
+            Ok(())
+        })
+    };
+    let outcome = server.run(on_ready);
+    if let Some(path) = &pidfile {
+        let _ = std::fs::remove_file(path);
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail_start(&readiness, &message),
+    }
+}
+
+fn fail_start(readiness: &Rc<RefCell<Option<daemon::Readiness>>>, message: &str) -> ExitCode {
+    error!("{message}");
+    if let Some(readiness) = readiness.borrow_mut().take() {
+        readiness.failed(EX_OSERR, message);
+    }
+    ExitCode::from(EX_OSERR)
+}

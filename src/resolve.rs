@@ -1,0 +1,323 @@
+//! Turns the checked table into runnable services: port names, users and groups, the server
+//! executable, the handler's fixed environment. The only module that asks NSS or the filesystem
+//! about the configuration.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::unistd::{AccessFlags, Gid, Group, Uid, User, access, getgrouplist};
+
+use crate::config::{
+    ConfigError, IdSpec, PortSpec, Pos, Protocol, Resource, ServiceSpec, StderrMode, Table,
+};
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The identity a handler switches to after fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Everything the child needs to exec a handler that does not depend on the connection.
+#[derive(Debug, Clone)]
+pub struct ExecPlan {
+    pub path: CString,
+    pub argv: Vec<CString>,
+    /// `NAME=value` entries fixed for the service, `pass_env` and `env` already applied.
+    pub fixed_env: Vec<CString>,
+    /// Names `env`/`pass_env` set, so the per-connection variables do not duplicate them.
+    pub overridden: BTreeSet<String>,
+    pub cwd: CString,
+    pub credentials: Option<Credentials>,
+    pub rlimits: Vec<(Resource, Option<u64>)>,
+    pub nice: i32,
+    pub umask: u32,
+    pub stderr: StderrMode,
+}
+
+/// A service ready to be bound and run.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub spec: ServiceSpec,
+    pub listen: Vec<SocketAddr>,
+    pub exec: ExecPlan,
+    /// `name/proto`, the prefix of every log line about this service.
+    pub label: String,
+}
+
+/// What the host tells about the process doing the resolving.
+pub struct Host {
+    pub euid: u32,
+    pub egid: u32,
+    pub services_file: String,
+    pub environment: Vec<(String, String)>,
+}
+
+impl Host {
+    pub fn current() -> Host {
+        Host {
+            euid: Uid::effective().as_raw(),
+            egid: Gid::effective().as_raw(),
+            services_file: std::fs::read_to_string("/etc/services").unwrap_or_default(),
+            environment: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
+    }
+}
+
+/// The runnable services (disabled ones left out) and warnings, or every error.
+pub fn resolve(
+    table: &Table,
+    host: &Host,
+) -> Result<(Vec<Service>, Vec<String>), Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut services = Vec::new();
+    for spec in &table.services {
+        let mut fail = |pos: Pos, message: String| {
+            errors.push(ConfigError {
+                file: table.file.clone(),
+                pos: Some(pos),
+                service: Some(spec.name.clone()),
+                message,
+            })
+        };
+        let port = match &spec.port {
+            PortSpec::Number(n) => Some(*n),
+            PortSpec::Name(name) => {
+                let found = service_port(&host.services_file, name, spec.protocol);
+                if found.is_none() {
+                    fail(
+                        spec.port_pos,
+                        format!(
+                            "key \"port\": \"{name}\" is not a {} service in /etc/services",
+                            spec.protocol.as_str()
+                        ),
+                    );
+                }
+                found
+            }
+        };
+        if let Err(message) = check_executable(&spec.server) {
+            fail(spec.server_pos, format!("key \"server\": {message}"));
+        }
+        let identity = match identity(spec, host) {
+            Ok(identity) => identity,
+            Err((pos, message)) => {
+                fail(pos, message);
+                None
+            }
+        };
+        let runs_as_root = identity
+            .as_ref()
+            .map_or(host.euid == 0, |i| i.credentials.uid == 0);
+        if runs_as_root && !spec.disabled {
+            warnings.push(format!(
+                "{}:{}:{}: service \"{}\": handler would run as root (set \"user\")",
+                table.file, spec.pos.line, spec.pos.column, spec.name
+            ));
+        }
+        let (Some(port), false) = (
+            port,
+            errors
+                .iter()
+                .any(|e| e.service.as_deref() == Some(&spec.name)),
+        ) else {
+            continue;
+        };
+        if spec.disabled {
+            continue;
+        }
+        services.push(Service {
+            listen: spec
+                .addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect(),
+            label: format!("{}/{}", spec.name, spec.protocol.as_str()),
+            exec: exec_plan(spec, identity, host),
+            spec: spec.clone(),
+        });
+    }
+    if errors.is_empty() {
+        Ok((services, warnings))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Looks `name` up in the text of /etc/services: `name port/proto [aliases…]`.
+pub fn service_port(services_file: &str, name: &str, protocol: Protocol) -> Option<u16> {
+    let proto = match protocol {
+        Protocol::Udp => "udp",
+        Protocol::Tcp | Protocol::Unix => "tcp",
+    };
+    services_file.lines().find_map(|line| {
+        let line = line.split('#').next()?;
+        let mut words = line.split_whitespace();
+        let primary = words.next()?;
+        let (port, line_proto) = words.next()?.split_once('/')?;
+        let named = primary == name || words.any(|alias| alias == name);
+        (named && line_proto == proto)
+            .then(|| port.parse().ok())
+            .flatten()
+    })
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    access(path, AccessFlags::X_OK).map_err(|_| format!("{shown} is not executable"))
+}
+
+/// Who a handler runs as: the credentials to switch to, and the passwd entry for USER/HOME/….
+struct Identity {
+    credentials: Credentials,
+    user: Option<User>,
+}
+
+/// The identity to switch to, or None to keep rinetd's.
+fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Pos, String)> {
+    if spec.user.is_none() && spec.group.is_none() {
+        return Ok(None);
+    }
+    let (uid, gid, user) = match &spec.user {
+        None => (host.euid, host.egid, None),
+        Some((who, pos)) => {
+            let user = match who {
+                IdSpec::Name(name) => Some(
+                    User::from_name(name)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| (*pos, format!("key \"user\": unknown user \"{name}\"")))?,
+                ),
+                IdSpec::Id(id) => User::from_uid(Uid::from_raw(*id)).ok().flatten(),
+            };
+            match (&user, who) {
+                (Some(user), _) => (user.uid.as_raw(), user.gid.as_raw(), Some(user.clone())),
+                (None, IdSpec::Id(id)) => (*id, *id, None),
+                (None, IdSpec::Name(_)) => unreachable!("named users without an entry fail above"),
+            }
+        }
+    };
+    let gid = match &spec.group {
+        None => gid,
+        Some((IdSpec::Id(id), _)) => *id,
+        Some((IdSpec::Name(name), pos)) => Group::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| (*pos, format!("key \"group\": unknown group \"{name}\"")))?
+            .gid
+            .as_raw(),
+    };
+    if host.euid != 0 && (uid != host.euid || gid != host.egid) {
+        let pos = spec
+            .user
+            .as_ref()
+            .or(spec.group.as_ref())
+            .map_or(spec.pos, |(_, p)| *p);
+        return Err((
+            pos,
+            "rinetd is not running as root, so handlers can only run as its own user and group"
+                .to_string(),
+        ));
+    }
+    let mut groups = match &user {
+        Some(user) => CString::new(user.name.as_bytes())
+            .ok()
+            .and_then(|name| getgrouplist(&name, Gid::from_raw(gid)).ok())
+            .map(|list| list.into_iter().map(Gid::as_raw).collect())
+            .unwrap_or_else(|| vec![gid]),
+        None => vec![gid],
+    };
+    if !groups.contains(&gid) {
+        groups.insert(0, gid);
+    }
+    Ok(Some(Identity {
+        credentials: Credentials { uid, gid, groups },
+        user,
+    }))
+}
+
+fn exec_plan(spec: &ServiceSpec, identity: Option<Identity>, host: &Host) -> ExecPlan {
+    let (credentials, user) = match identity {
+        Some(Identity { credentials, user }) => (Some(credentials), user),
+        None => (None, None),
+    };
+    let mut fixed: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("RINETD_SERVICE".into(), spec.name.clone()),
+        ("PROTO".into(), spec.protocol.as_str().to_ascii_uppercase()),
+    ];
+    if let Some(user) = &user {
+        fixed.push(("USER".into(), user.name.clone()));
+        fixed.push(("LOGNAME".into(), user.name.clone()));
+        fixed.push(("HOME".into(), user.dir.to_string_lossy().into_owned()));
+        fixed.push(("SHELL".into(), user.shell.to_string_lossy().into_owned()));
+    }
+    let mut overrides: Vec<(String, String)> = spec
+        .pass_env
+        .iter()
+        .filter_map(|name| {
+            let (_, value) = host.environment.iter().find(|(k, _)| k == name)?;
+            Some((name.clone(), value.clone()))
+        })
+        .collect();
+    overrides.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let overridden: BTreeSet<String> = overrides.iter().map(|(k, _)| k.clone()).collect();
+    fixed.retain(|(k, _)| !overridden.contains(k));
+    // A later `env` entry wins over a `pass_env` one of the same name.
+    let mut seen = BTreeSet::new();
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for (k, v) in overrides.into_iter().rev() {
+        if seen.insert(k.clone()) {
+            entries.push((k, v));
+        }
+    }
+    entries.reverse();
+    fixed.extend(entries);
+    let fixed_env = fixed
+        .into_iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
+    ExecPlan {
+        path: CString::new(spec.server.as_os_str().as_bytes()).unwrap_or_default(),
+        argv: spec
+            .args
+            .iter()
+            .filter_map(|a| CString::new(a.as_str()).ok())
+            .collect(),
+        fixed_env,
+        overridden,
+        cwd: CString::new(spec.cwd.as_os_str().as_bytes()).unwrap_or_default(),
+        credentials,
+        rlimits: spec.rlimits.clone(),
+        nice: spec.nice,
+        umask: spec.umask,
+        stderr: spec.stderr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_and_aliases() {
+        let text = "echo 7/tcp\necho 7/udp\nwww 80/tcp http # web\n";
+        assert_eq!(service_port(text, "echo", Protocol::Udp), Some(7));
+        assert_eq!(service_port(text, "http", Protocol::Tcp), Some(80));
+        assert_eq!(service_port(text, "http", Protocol::Udp), None);
+        assert_eq!(service_port(text, "nope", Protocol::Tcp), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! Parent side of starting a handler: builds argv, envp, limits and credentials for one
+//! connection, forks with every signal blocked, and hands back the child's pid and the reading
+//! end of its output pipe. The child side is `child.rs`.
+
+use std::ffi::CString;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+use nix::unistd::{ForkResult, Pid, fork, pipe2};
+
+use crate::child::{ChildPlan, exec_handler};
+use crate::config::{Resource, StderrMode};
+use crate::resolve::ExecPlan;
+
+/// The connection's two ends, as the handler sees them in its environment.
+pub struct Endpoints {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+pub struct Spawned {
+    pub pid: Pid,
+    /// Reading end of the pipe carrying the handler's stderr (`stderr: log`) or only the
+    /// report of a failed exec; end of file on it once the handler and its heirs close it.
+    pub output: OwnedFd,
+}
+
+/// The per-connection variables of the contract, in its order.
+fn connection_env(plan: &ExecPlan, ends: &Endpoints) -> Vec<CString> {
+    let (remote_ip, remote_port) = (ends.remote.ip().to_string(), ends.remote.port().to_string());
+    let (local_ip, local_port) = (ends.local.ip().to_string(), ends.local.port().to_string());
+    [
+        ("REMOTE_ADDR", &remote_ip),
+        ("REMOTE_PORT", &remote_port),
+        ("LOCAL_ADDR", &local_ip),
+        ("LOCAL_PORT", &local_port),
+        ("TCPREMOTEIP", &remote_ip),
+        ("TCPREMOTEPORT", &remote_port),
+        ("TCPLOCALIP", &local_ip),
+        ("TCPLOCALPORT", &local_port),
+    ]
+    .into_iter()
+    .filter(|(name, _)| !plan.overridden.contains(*name))
+    .filter_map(|(name, value)| CString::new(format!("{name}={value}")).ok())
+    .collect()
+}
+
+fn libc_resource(resource: Resource) -> libc::c_int {
+    (match resource {
+        Resource::Nofile => libc::RLIMIT_NOFILE,
+        Resource::Nproc => libc::RLIMIT_NPROC,
+        Resource::Cpu => libc::RLIMIT_CPU,
+        Resource::As => libc::RLIMIT_AS,
+        Resource::Core => libc::RLIMIT_CORE,
+        Resource::Fsize => libc::RLIMIT_FSIZE,
+        Resource::Data => libc::RLIMIT_DATA,
+        Resource::Stack => libc::RLIMIT_STACK,
+    }) as libc::c_int
+}
+
+/// Forks a handler for `connection`. `original_nofile` is the RLIMIT_NOFILE rinetd started with,
+/// given back to handlers that do not set `nofile` themselves.
+pub fn spawn(
+    plan: &ExecPlan,
+    connection: &impl AsRawFd,
+    ends: &Endpoints,
+    dev_null: &impl AsRawFd,
+    original_nofile: (u64, u64),
+) -> io::Result<Spawned> {
+    let connection_vars = connection_env(plan, ends);
+    let envp: Vec<*const libc::c_char> = plan
+        .fixed_env
+        .iter()
+        .chain(&connection_vars)
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let mut rlimits: Vec<(libc::c_int, libc::rlim_t)> = plan
+        .rlimits
+        .iter()
+        .map(|(r, v)| (libc_resource(*r), v.unwrap_or(libc::RLIM_INFINITY)))
+        .collect();
+    if !plan.rlimits.iter().any(|(r, _)| *r == Resource::Nofile) {
+        // Soft and hard as rinetd found them, not the raised soft limit rinetd runs with.
+        rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, original_nofile.0));
+    }
+    let groups: Vec<libc::gid_t>;
+    let credentials = match &plan.credentials {
+        Some(c) => {
+            groups = c.groups.clone();
+            Some((groups.as_slice(), c.gid, c.uid))
+        }
+        None => None,
+    };
+    let (output, output_writer) = pipe2(OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(&output, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let (stderr, report) = match plan.stderr {
+        StderrMode::Log => (output_writer.as_raw_fd(), 2),
+        StderrMode::Socket => (connection.as_raw_fd(), output_writer.as_raw_fd()),
+        StderrMode::Null => (dev_null.as_raw_fd(), output_writer.as_raw_fd()),
+    };
+    let child_plan = ChildPlan {
+        path: &plan.path,
+        argv: &argv,
+        envp: &envp,
+        connection: connection.as_raw_fd(),
+        stderr,
+        report,
+        rlimits: &rlimits,
+        nice: plan.nice,
+        umask: plan.umask as libc::mode_t,
+        cwd: &plan.cwd,
+        credentials,
+    };
+    // With every signal blocked across fork, a signal meant for the new child cannot run
+    // rinetd's handlers in it (they would write to rinetd's own self-pipe).
+    let mut saved = SigSet::empty();
+    sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut saved),
+    )?;
+    // SAFETY: rinetd is single-threaded, and the child only runs `exec_handler`, which makes raw
+    // async-signal-safe syscalls on memory prepared above and never returns.
+    let forked = unsafe { fork() };
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+    match forked? {
+        ForkResult::Child => exec_handler(&child_plan),
+        ForkResult::Parent { child } => {
+            drop(output_writer);
+            Ok(Spawned { pid: child, output })
+        }
+    }
+}
