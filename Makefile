@@ -35,3 +35,7 @@ test: check
 
 clean:
 	$(CARGO) clean
+
+# Side by side with forkserver (the floor), tcpserver, xinetd, openbsd-inetd and socat.
+bench: build
+	bench/run.sh

@@ -19,6 +19,8 @@ pub struct ChildPlan<'a> {
     /// Where a setup failure is reported: fd 2 when it is the log pipe, otherwise a
     /// close-on-exec pipe that exec closes on success.
     pub report: RawFd,
+    /// Signals to put back to SIG_DFL (see `signals::to_reset_in_child`).
+    pub reset_signals: &'a [c_int],
     pub rlimits: &'a [(c_int, rlim_t)],
     pub nice: c_int,
     pub umask: libc::mode_t,
@@ -58,10 +60,8 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
         }
         let mut default: libc::sigaction = std::mem::zeroed();
         default.sa_sigaction = libc::SIG_DFL;
-        for signal in 1..libc::SIGRTMAX() {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::sigaction(signal, &default, std::ptr::null_mut());
-            }
+        for signal in plan.reset_signals {
+            libc::sigaction(*signal, &default, std::ptr::null_mut());
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);

@@ -54,8 +54,9 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
-/// Installs the logger. Syslog falls back to stderr (with a warning) when /dev/log is not there.
-pub fn init(target: Target, level: LevelFilter) {
+/// Installs the logger. Syslog falls back to stderr (with a warning) when /dev/log is not there;
+/// returns the target in use.
+pub fn init(target: Target, level: LevelFilter) -> Target {
     let target = match target {
         Target::Syslog
             if UnixDatagram::unbound()
@@ -79,4 +80,5 @@ pub fn init(target: Target, level: LevelFilter) {
     }
     log::set_max_level(level);
     let _ = log::set_boxed_logger(Box::new(Logger { target }));
+    target
 }

@@ -42,12 +42,14 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
             "{shown}: --format inetd is not supported yet"
         )]);
     }
+    let host = Host::current();
+    resolve::check_config_permissions(path, &host).map_err(|err| vec![err])?;
     let text = std::fs::read_to_string(path).map_err(|err| vec![format!("{shown}: {err}")])?;
     let render = |errors: Vec<config::ConfigError>| -> Vec<String> {
         errors.iter().map(ToString::to_string).collect()
     };
     let table = config::parse(&shown, &text).map_err(render)?;
-    let (services, warnings) = resolve::resolve(&table, &Host::current()).map_err(render)?;
+    let (services, warnings) = resolve::resolve(&table, &host).map_err(render)?;
     Ok((services, table.services.len(), warnings))
 }
 
@@ -88,6 +90,15 @@ fn main() -> ExitCode {
         None if cli.foreground => Target::Stderr,
         None => Target::Syslog,
     };
+    let level = if cli.verbose {
+        LevelFilter::Debug
+    } else if cli.quiet {
+        LevelFilter::Warn
+    } else {
+        LevelFilter::Info
+    };
+    // Before detaching, so that "syslog is unavailable" still reaches the operator's terminal.
+    let target = logging::init(target, level);
     let readiness = if cli.foreground {
         None
     } else {
@@ -99,14 +110,6 @@ fn main() -> ExitCode {
             }
         }
     };
-    let level = if cli.verbose {
-        LevelFilter::Debug
-    } else if cli.quiet {
-        LevelFilter::Warn
-    } else {
-        LevelFilter::Info
-    };
-    logging::init(target, level);
     for warning in warnings {
         warn!("{warning}");
     }

@@ -146,11 +146,47 @@ pub fn resolve(
             spec: spec.clone(),
         });
     }
+    errors.extend(socket_conflicts(&table.file, &services));
     if errors.is_empty() {
         Ok((services, warnings))
     } else {
         Err(errors)
     }
+}
+
+/// Two services cannot bind the same protocol and port on the same address, nor on a wildcard
+/// address and a specific one of the same family (the kernel refuses the second bind).
+fn socket_conflicts(file: &str, services: &[Service]) -> Vec<ConfigError> {
+    let overlaps = |a: &SocketAddr, b: &SocketAddr| {
+        a.port() == b.port()
+            && a.is_ipv4() == b.is_ipv4()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let mut errors = Vec::new();
+    for (i, service) in services.iter().enumerate() {
+        let earlier = services[..i]
+            .iter()
+            .filter(|other| other.spec.protocol == service.spec.protocol);
+        for other in earlier {
+            let clash = service.listen.iter().find_map(|mine| {
+                let theirs = other.listen.iter().find(|theirs| overlaps(mine, theirs))?;
+                Some((mine, theirs))
+            });
+            if let Some((mine, theirs)) = clash.filter(|(mine, _)| mine.port() != 0) {
+                errors.push(ConfigError {
+                    file: file.to_string(),
+                    pos: Some(service.spec.port_pos),
+                    service: Some(service.spec.name.clone()),
+                    message: format!(
+                        "{}/{mine} overlaps {theirs} of service \"{}\"",
+                        service.spec.protocol.as_str(),
+                        other.spec.name
+                    ),
+                });
+            }
+        }
+    }
+    errors
 }
 
 /// Looks `name` up in the text of /etc/services: `name port/proto [aliases…]`.
@@ -169,6 +205,31 @@ pub fn service_port(services_file: &str, name: &str, protocol: Protocol) -> Opti
             .then(|| port.parse().ok())
             .flatten()
     })
+}
+
+/// As root, a table anyone but root can write would let them run code as root: refuse it.
+pub fn check_config_permissions(path: &Path, host: &Host) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if host.euid != 0 {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(path).map_err(|err| format!("{}: {err}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{}: writable by group or others (mode {:04o}); rinetd runs as root and refuses it",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    if meta.uid() != 0 {
+        return Err(format!(
+            "{}: owned by uid {}, not root; rinetd runs as root and refuses it",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
 }
 
 fn check_executable(path: &Path) -> Result<(), String> {
@@ -251,7 +312,10 @@ fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Pos, S
 
 fn exec_plan(spec: &ServiceSpec, identity: Option<Identity>, host: &Host) -> ExecPlan {
     let (credentials, user) = match identity {
-        Some(Identity { credentials, user }) => (Some(credentials), user),
+        // Only root can switch; a non-root rinetd was checked above to run handlers as itself.
+        Some(Identity { credentials, user }) => {
+            (Some(credentials).filter(|_| host.euid == 0), user)
+        }
         None => (None, None),
     };
     let mut fixed: Vec<(String, String)> = vec![

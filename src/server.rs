@@ -20,8 +20,8 @@ use socket2::Socket;
 use crate::child::REPORT_PREFIX;
 use crate::listener::{bind_tcp, local_address};
 use crate::resolve::Service;
-use crate::signals::{Pending, Signals};
-use crate::spawn::{Endpoints, spawn};
+use crate::signals::{self, Pending, Signals};
+use crate::spawn::{Endpoints, Inherited, spawn};
 
 const SIGNAL_TOKEN: Token = Token(0);
 /// Between the SIGTERM of a timed-out handler's group and its SIGKILL.
@@ -135,8 +135,7 @@ pub struct Server {
     next_token: usize,
     children: HashMap<Pid, Child>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    dev_null: OwnedFd,
-    original_nofile: (u64, u64),
+    inherited: Inherited,
     stopping: Option<Instant>,
 }
 
@@ -147,8 +146,18 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
     )
 }
 
+/// A measured duration, to the millisecond: `0.004s`.
 fn seconds(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
+}
+
+/// A configured duration as it would be written in the table: `100ms`, `10s`.
+fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 fn describe(status: WaitStatus) -> Option<(Pid, String)> {
@@ -163,7 +172,11 @@ impl Server {
     pub fn new(services: Vec<Service>, original_nofile: (u64, u64)) -> io::Result<Server> {
         let poll = Poll::new()?;
         let signals = Signals::install(poll.registry(), SIGNAL_TOKEN)?;
-        let dev_null = OwnedFd::from(File::options().read(true).write(true).open("/dev/null")?);
+        let inherited = Inherited {
+            dev_null: OwnedFd::from(File::options().read(true).write(true).open("/dev/null")?),
+            original_nofile,
+            reset_signals: signals::to_reset_in_child(),
+        };
         let mut server = Server {
             poll,
             signals,
@@ -172,8 +185,7 @@ impl Server {
             next_token: SIGNAL_TOKEN.0 + 1,
             children: HashMap::new(),
             timers: BinaryHeap::new(),
-            dev_null,
-            original_nofile,
+            inherited,
             stopping: None,
         };
         for service in services {
@@ -353,7 +365,7 @@ impl Server {
             warn!(
                 "{}: {what} error={err} backoff={}",
                 state.label(),
-                seconds(delay)
+                human(delay)
             );
             state.backoff_logged = true;
         }
@@ -383,7 +395,7 @@ impl Server {
             info!(
                 "{}: paused reason=rate_limit for={}",
                 state.label(),
-                seconds(limit.pause)
+                human(limit.pause)
             );
             self.schedule(until, Timer::Resume { service });
         }
@@ -423,13 +435,7 @@ impl Server {
             remote: peer,
             local,
         };
-        let spawned = spawn(
-            &state.service.exec,
-            &connection,
-            &ends,
-            &self.dev_null,
-            self.original_nofile,
-        );
+        let spawned = spawn(&state.service.exec, &connection, &ends, &self.inherited);
         drop(connection);
         let spawned = match spawned {
             Ok(spawned) => spawned,

@@ -18,6 +18,31 @@ pub struct Pending {
     pub status: bool,
 }
 
+/// The signals rinetd catches; a handler gets them back at their default before anything else.
+pub const CAUGHT: [i32; 5] = [SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1];
+
+/// Signals whose disposition a handler would inherit unless reset: the ones rinetd catches
+/// (so that no rinetd handler runs in a child before exec) and the ones ignored at start-up
+/// (SIGPIPE by the Rust runtime, others by whoever started rinetd), which exec keeps ignored.
+pub fn to_reset_in_child() -> Vec<libc::c_int> {
+    let mut signals: Vec<libc::c_int> = CAUGHT.to_vec();
+    for signal in 1..libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP || signals.contains(&signal) {
+            continue;
+        }
+        // SAFETY: a NULL new action only reads the current disposition into `current`.
+        let ignored = unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+        };
+        if ignored {
+            signals.push(signal);
+        }
+    }
+    signals
+}
+
 pub struct Signals {
     receiver: pipe::Receiver,
     flags: Vec<(i32, Arc<AtomicBool>)>,
@@ -29,7 +54,7 @@ impl Signals {
         let (sender, mut receiver) = pipe::new()?;
         let sender = std::os::fd::OwnedFd::from(sender);
         let mut flags = Vec::new();
-        for signal in [SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1] {
+        for signal in CAUGHT {
             let flag = Arc::new(AtomicBool::new(false));
             // Order matters: the flag is set before the byte is written, so a wakeup never
             // finds its flag still clear.

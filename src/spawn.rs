@@ -61,15 +61,26 @@ fn libc_resource(resource: Resource) -> libc::c_int {
     }) as libc::c_int
 }
 
-/// Forks a handler for `connection`. `original_nofile` is the RLIMIT_NOFILE rinetd started with,
-/// given back to handlers that do not set `nofile` themselves.
+/// What every handler gets from rinetd's own start-up state.
+pub struct Inherited {
+    pub dev_null: OwnedFd,
+    /// RLIMIT_NOFILE as rinetd found it, given back to handlers that do not set `nofile`.
+    pub original_nofile: (u64, u64),
+    pub reset_signals: Vec<libc::c_int>,
+}
+
+/// Forks a handler for `connection`.
 pub fn spawn(
     plan: &ExecPlan,
     connection: &impl AsRawFd,
     ends: &Endpoints,
-    dev_null: &impl AsRawFd,
-    original_nofile: (u64, u64),
+    inherited: &Inherited,
 ) -> io::Result<Spawned> {
+    let Inherited {
+        dev_null,
+        original_nofile,
+        reset_signals,
+    } = inherited;
     let connection_vars = connection_env(plan, ends);
     let envp: Vec<*const libc::c_char> = plan
         .fixed_env
@@ -115,6 +126,7 @@ pub fn spawn(
         connection: connection.as_raw_fd(),
         stderr,
         report,
+        reset_signals,
         rlimits: &rlimits,
         nice: plan.nice,
         umask: plan.umask as libc::mode_t,

@@ -346,7 +346,7 @@ impl Checker<'_> {
             ("path", s.path.as_ref().map(pos_of)),
             ("socket_mode", s.socket_mode.as_ref().map(pos_of)),
         ] {
-            if let Some(pos) = pos {
+            if let Some(pos) = pos.filter(|_| protocol != Protocol::Unix) {
                 self.error(pos, svc, format!("key \"{key}\": only for protocol unix"));
             }
         }
@@ -827,45 +827,17 @@ impl Checker<'_> {
         }
     }
 
-    /// Names are unique over the table; two enabled services may not share protocol+address+port.
+    /// Names are unique over the whole table. (Sockets are checked once ports are resolved.)
     fn check_unique(&mut self, services: &[ServiceSpec]) {
         let mut names: HashMap<&str, Pos> = HashMap::new();
-        let mut sockets: HashMap<(Protocol, IpAddr, u16), &str> = HashMap::new();
-        let mut errors = Vec::new();
+        let mut duplicates = Vec::new();
         for service in services {
             if let Some(first) = names.insert(&service.name, service.pos) {
-                errors.push((
-                    service.pos,
-                    service.name.clone(),
-                    format!(
-                        "duplicate service name (first defined at line {})",
-                        first.line
-                    ),
-                ));
-            }
-            let PortSpec::Number(port) = service.port else {
-                continue;
-            };
-            if service.disabled || port == 0 {
-                continue;
-            }
-            for address in &service.addresses {
-                if let Some(other) =
-                    sockets.insert((service.protocol, *address, port), &service.name)
-                {
-                    errors.push((
-                        service.port_pos,
-                        service.name.clone(),
-                        format!(
-                            "{}/{} port {port} is already used by service \"{other}\"",
-                            address,
-                            service.protocol.as_str()
-                        ),
-                    ));
-                }
+                duplicates.push((service.pos, service.name.clone(), first.line));
             }
         }
-        for (pos, name, message) in errors {
+        for (pos, name, first_line) in duplicates {
+            let message = format!("duplicate service name (first defined at line {first_line})");
             self.error(pos, Some(&name), message);
         }
     }
