@@ -4,7 +4,9 @@
 use std::ffi::CStr;
 use std::os::fd::RawFd;
 
-use libc::{c_char, c_int, gid_t, rlim_t};
+use libc::{c_char, c_int, gid_t};
+
+use crate::signals::{KERNEL_DEFAULT, KernelSigaction};
 
 /// Everything the child needs, built by the parent before fork.
 pub struct ChildPlan<'a> {
@@ -21,7 +23,7 @@ pub struct ChildPlan<'a> {
     pub report: RawFd,
     /// Signals to put back to SIG_DFL (see `signals::to_reset_in_child`).
     pub reset_signals: &'a [c_int],
-    pub rlimits: &'a [(c_int, rlim_t)],
+    pub rlimits: &'a [(c_int, libc::rlimit)],
     pub nice: c_int,
     pub umask: libc::mode_t,
     pub cwd: &'a CStr,
@@ -58,21 +60,21 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
         for signal in plan.reset_signals {
-            libc::sigaction(*signal, &default, std::ptr::null_mut());
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                *signal,
+                &KERNEL_DEFAULT as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            );
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
-        for (resource, value) in plan.rlimits {
-            let limit = libc::rlimit {
-                rlim_cur: *value,
-                rlim_max: *value,
-            };
-            if libc::setrlimit(*resource as _, &limit) < 0 {
+        for (resource, limit) in plan.rlimits {
+            if libc::setrlimit(*resource as _, limit) < 0 {
                 fail(plan.report, b"setrlimit", None);
             }
         }

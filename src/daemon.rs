@@ -96,7 +96,15 @@ pub fn raise_nofile() -> (u64, u64) {
     }
 }
 
+/// Writes the pid to a temporary name beside `path`, then renames it into place, so that a
+/// reader never sees an empty or partial pidfile.
 pub fn write_pidfile(path: &Path) -> Result<(), String> {
-    std::fs::write(path, format!("{}\n", std::process::id()))
-        .map_err(|err| format!("cannot write pidfile {}: {err}", path.display()))
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    std::fs::write(&temporary, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|err| {
+            let _ = std::fs::remove_file(&temporary);
+            format!("cannot write pidfile {}: {err}", path.display())
+        })
 }

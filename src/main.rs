@@ -48,9 +48,15 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
     let render = |errors: Vec<config::ConfigError>| -> Vec<String> {
         errors.iter().map(ToString::to_string).collect()
     };
-    let table = config::parse(&shown, &text).map_err(render)?;
-    let (services, warnings) = resolve::resolve(&table, &host).map_err(render)?;
-    Ok((services, table.services.len(), warnings))
+    let (table, mut errors) = config::parse_partial(&shown, &text);
+    match resolve::resolve(&table, &host) {
+        Ok(_) if !errors.is_empty() => Err(render(errors)),
+        Ok((services, warnings)) => Ok((services, table.services.len(), warnings)),
+        Err(more) => {
+            errors.extend(more);
+            Err(render(errors))
+        }
+    }
 }
 
 fn main() -> ExitCode {

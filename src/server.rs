@@ -21,7 +21,7 @@ use crate::child::REPORT_PREFIX;
 use crate::listener::{bind_tcp, local_address};
 use crate::resolve::Service;
 use crate::signals::{self, Pending, Signals};
-use crate::spawn::{Endpoints, Inherited, spawn};
+use crate::spawn::{Endpoints, Inherited, OutputPipe, spawn};
 
 const SIGNAL_TOKEN: Token = Token(0);
 /// Between the SIGTERM of a timed-out handler's group and its SIGKILL.
@@ -136,6 +136,8 @@ pub struct Server {
     children: HashMap<Pid, Child>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     inherited: Inherited,
+    /// The output pipe for the next handler, made before its connection is accepted.
+    spare_pipe: Option<OutputPipe>,
     stopping: Option<Instant>,
 }
 
@@ -186,6 +188,7 @@ impl Server {
             children: HashMap::new(),
             timers: BinaryHeap::new(),
             inherited,
+            spare_pipe: None,
             stopping: None,
         };
         for service in services {
@@ -236,11 +239,11 @@ impl Server {
             .iter()
             .map(|s| s.listeners.iter().filter(|l| l.socket.is_some()).count())
             .sum();
+        on_ready()?;
         info!(
             "ready services={} listeners={listeners}",
             self.services.len()
         );
-        on_ready()?;
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
@@ -333,6 +336,15 @@ impl Server {
     /// Accepts until the backlog is empty (edge-triggered) or a limit stops the service.
     fn accept_from(&mut self, service: usize, index: usize) {
         while self.stopping.is_none() && self.services[service].can_accept() {
+            if self.spare_pipe.is_none() {
+                match OutputPipe::new() {
+                    Ok(pipe) => self.spare_pipe = Some(pipe),
+                    Err(err) => {
+                        self.back_off(service, ACCEPT_BACKOFF, "accept failed", &err);
+                        return;
+                    }
+                }
+            }
             let state = &self.services[service];
             let Some(socket) = &state.listeners[index].socket else {
                 return;
@@ -435,7 +447,17 @@ impl Server {
             remote: peer,
             local,
         };
-        let spawned = spawn(&state.service.exec, &connection, &ends, &self.inherited);
+        // accept_from made the pipe before accepting; only a caller that skipped it lands here.
+        let pipe = self.spare_pipe.take().map_or_else(OutputPipe::new, Ok);
+        let spawned = pipe.and_then(|pipe| {
+            spawn(
+                &state.service.exec,
+                &connection,
+                &ends,
+                &self.inherited,
+                pipe,
+            )
+        });
         drop(connection);
         let spawned = match spawned {
             Ok(spawned) => spawned,

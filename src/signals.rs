@@ -21,22 +21,50 @@ pub struct Pending {
 /// The signals rinetd catches; a handler gets them back at their default before anything else.
 pub const CAUGHT: [i32; 5] = [SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1];
 
+/// The kernel's own `struct sigaction` (x86_64 and aarch64 share this layout). glibc's
+/// sigaction() refuses signals 32 and 33, which it keeps for itself, yet a process can inherit
+/// them ignored (test runners do this); only the raw syscall can give them back their default.
+#[repr(C)]
+pub struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// SIG_DFL, no flags, nothing blocked.
+pub const KERNEL_DEFAULT: KernelSigaction = KernelSigaction {
+    handler: 0,
+    flags: 0,
+    restorer: 0,
+    mask: 0,
+};
+
+/// The highest signal number Linux has.
+const LAST_SIGNAL: libc::c_int = 64;
+
 /// Signals whose disposition a handler would inherit unless reset: the ones rinetd catches
 /// (so that no rinetd handler runs in a child before exec) and the ones ignored at start-up
 /// (SIGPIPE by the Rust runtime, others by whoever started rinetd), which exec keeps ignored.
 pub fn to_reset_in_child() -> Vec<libc::c_int> {
     let mut signals: Vec<libc::c_int> = CAUGHT.to_vec();
-    for signal in 1..libc::SIGRTMAX() {
+    for signal in 1..=LAST_SIGNAL {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP || signals.contains(&signal) {
             continue;
         }
-        // SAFETY: a NULL new action only reads the current disposition into `current`.
-        let ignored = unsafe {
-            let mut current: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(signal, std::ptr::null(), &mut current) == 0
-                && current.sa_sigaction == libc::SIG_IGN
+        let mut current = KERNEL_DEFAULT;
+        // SAFETY: a NULL new action only reads the current disposition into `current`, a
+        // kernel sigaction of the size the syscall is told.
+        let read = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                std::ptr::null::<KernelSigaction>(),
+                &mut current as *mut KernelSigaction,
+                std::mem::size_of::<u64>(),
+            )
         };
-        if ignored {
+        if read == 0 && current.handler == libc::SIG_IGN {
             signals.push(signal);
         }
     }

@@ -21,6 +21,22 @@ pub struct Endpoints {
     pub local: SocketAddr,
 }
 
+/// The pipe a handler's stderr (or its exec failure report) comes back through. Made before the
+/// connection is accepted, so that running out of descriptors leaves the connection waiting in
+/// the backlog instead of accepting it and then dropping it.
+pub struct OutputPipe {
+    reader: OwnedFd,
+    writer: OwnedFd,
+}
+
+impl OutputPipe {
+    pub fn new() -> io::Result<OutputPipe> {
+        let (reader, writer) = pipe2(OFlag::O_CLOEXEC)?;
+        nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        Ok(OutputPipe { reader, writer })
+    }
+}
+
 pub struct Spawned {
     pub pid: Pid,
     /// Reading end of the pipe carrying the handler's stderr (`stderr: log`) or only the
@@ -75,6 +91,7 @@ pub fn spawn(
     connection: &impl AsRawFd,
     ends: &Endpoints,
     inherited: &Inherited,
+    pipe: OutputPipe,
 ) -> io::Result<Spawned> {
     let Inherited {
         dev_null,
@@ -95,14 +112,25 @@ pub fn spawn(
         .map(|s| s.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let mut rlimits: Vec<(libc::c_int, libc::rlim_t)> = plan
+    let mut rlimits: Vec<(libc::c_int, libc::rlimit)> = plan
         .rlimits
         .iter()
-        .map(|(r, v)| (libc_resource(*r), v.unwrap_or(libc::RLIM_INFINITY)))
+        .map(|(r, v)| {
+            let value = v.unwrap_or(libc::RLIM_INFINITY);
+            let limit = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            (libc_resource(*r), limit)
+        })
         .collect();
     if !plan.rlimits.iter().any(|(r, _)| *r == Resource::Nofile) {
         // Soft and hard as rinetd found them, not the raised soft limit rinetd runs with.
-        rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, original_nofile.0));
+        let found = libc::rlimit {
+            rlim_cur: original_nofile.0,
+            rlim_max: original_nofile.1,
+        };
+        rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, found));
     }
     let groups: Vec<libc::gid_t>;
     let credentials = match &plan.credentials {
@@ -112,8 +140,10 @@ pub fn spawn(
         }
         None => None,
     };
-    let (output, output_writer) = pipe2(OFlag::O_CLOEXEC)?;
-    nix::fcntl::fcntl(&output, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let OutputPipe {
+        reader: output,
+        writer: output_writer,
+    } = pipe;
     let (stderr, report) = match plan.stderr {
         StderrMode::Log => (output_writer.as_raw_fd(), 2),
         StderrMode::Socket => (connection.as_raw_fd(), output_writer.as_raw_fd()),

@@ -23,21 +23,37 @@ const DEFAULT_BACKLOG: u32 = 1024;
 const DEFAULT_UMASK: u32 = 0o022;
 
 /// Parses and checks `text`, read from `file`. Returns the table or every error found.
+#[cfg(test)]
 pub fn parse(file: &str, text: &str) -> Result<Table, Vec<ConfigError>> {
+    let (table, errors) = parse_partial(file, text);
+    if errors.is_empty() {
+        Ok(table)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Like `parse`, but also returns the services that passed when others did not, so that the
+/// later stage (resolve) can report its errors for them in the same run.
+pub fn parse_partial(file: &str, text: &str) -> (Table, Vec<ConfigError>) {
     let options = serde_saphyr::options! { strict_booleans: true };
-    let raw: RawFile = serde_saphyr::from_str_with_options(text, options)
-        .map_err(|err| vec![syntax_error(file, text, &err)])?;
+    let raw: RawFile = match serde_saphyr::from_str_with_options(text, options) {
+        Ok(raw) => raw,
+        Err(err) => {
+            let table = Table {
+                file: file.to_string(),
+                services: Vec::new(),
+            };
+            return (table, vec![syntax_error(file, text, &err)]);
+        }
+    };
     let mut checker = Checker {
         file,
         text,
         errors: Vec::new(),
     };
     let table = checker.table(raw);
-    if checker.errors.is_empty() {
-        Ok(table)
-    } else {
-        Err(checker.errors)
-    }
+    (table, checker.errors)
 }
 
 fn pos_of<T>(value: &Spanned<T>) -> Pos {

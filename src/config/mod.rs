@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use check::parse;
+pub use check::parse_partial;
 
 /// Where a value was written, for messages from later stages (resolve) about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

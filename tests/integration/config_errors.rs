@@ -1,0 +1,459 @@
+//! `rinetd -t`: every mistake in the table is reported as `FILE:LINE:COL: service "NAME": …`
+//! with exit 78; a good table prints `FILE: OK, N services` with exit 0.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+
+use crate::harness::{EX_CONFIG, TestDir, all_output, check_config, is_root};
+
+/// A bad table. The offending line is marked with `# <--`; `{server}` stands for an
+/// executable handler and `{noexec}` for a file without the execute bit.
+struct BadConfig {
+    what: &'static str,
+    yaml: &'static str,
+    message: &'static [&'static str],
+}
+
+const BAD_CONFIGS: &[BadConfig] = &[
+    BadConfig {
+        what: "a misspelt key gets a suggestion",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    sever: {server}  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "unknown key \"sever\"",
+            "did you mean \"server\"",
+        ],
+    },
+    BadConfig {
+        what: "a key given twice",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    port: 1  # <--
+",
+        message: &["duplicate key \"port\""],
+    },
+    BadConfig {
+        what: "a number where a bool belongs",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    keepalive: 3  # <--
+",
+        message: &["service \"hello\"", "keepalive"],
+    },
+    BadConfig {
+        what: "a port out of range",
+        yaml: "services:
+  - name: hello
+    port: 70000  # <--
+    server: {server}
+",
+        message: &["service \"hello\"", "port", "70000"],
+    },
+    BadConfig {
+        what: "two services with one name",
+        yaml: "services:
+  - name: twin
+    port: 0
+    server: {server}
+  - name: twin  # <--
+    port: 0
+    server: {server}
+",
+        message: &["service \"twin\"", "duplicate"],
+    },
+    BadConfig {
+        what: "two services on the same protocol, address and port",
+        yaml: "services:
+  - name: first
+    address: 127.0.0.1
+    port: 65001
+    server: {server}
+  - name: second
+    address: 127.0.0.1
+    port: 65001  # <--
+    server: {server}
+",
+        message: &["service \"second\"", "65001", "first"],
+    },
+    BadConfig {
+        what: "a relative server path",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: hello.sh  # <--
+",
+        message: &["service \"hello\"", "server", "absolute"],
+    },
+    BadConfig {
+        what: "a server that is not executable",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {noexec}  # <--
+",
+        message: &["service \"hello\"", "executable"],
+    },
+    BadConfig {
+        what: "an unknown user",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    user: nosuchuser  # <--
+",
+        message: &["service \"hello\"", "nosuchuser"],
+    },
+    BadConfig {
+        what: "an unknown group",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    group: nosuchgroup  # <--
+",
+        message: &["service \"hello\"", "nosuchgroup"],
+    },
+    BadConfig {
+        what: "a port name missing from /etc/services",
+        yaml: "services:
+  - name: hello
+    port: nosuchport  # <--
+    server: {server}
+",
+        message: &["service \"hello\"", "nosuchport"],
+    },
+    BadConfig {
+        what: "an unquoted umask (YAML 1.2 reads 022 as 22)",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    umask: 022  # <--
+",
+        message: &["service \"hello\"", "umask", "quote"],
+    },
+    BadConfig {
+        what: "a bad CIDR in only_from",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    only_from: [10.0.0.0/33]  # <--
+",
+        message: &["service \"hello\"", "10.0.0.0/33"],
+    },
+    BadConfig {
+        what: "a bad duration",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    timeout: 5 minutes  # <--
+",
+        message: &["service \"hello\"", "timeout"],
+    },
+    BadConfig {
+        what: "no server",
+        yaml: "services:
+  - name: lonely  # <--
+    port: 0
+",
+        message: &["service \"lonely\"", "server"],
+    },
+    BadConfig {
+        what: "a name outside [A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+        yaml: "services:
+  - name: \"-dash\"  # <--
+    port: 0
+    server: {server}
+",
+        message: &["name"],
+    },
+    BadConfig {
+        what: "protocol udp (a later issue)",
+        yaml: "services:
+  - name: hello
+    protocol: udp  # <--
+    port: 0
+    server: {server}
+",
+        message: &["service \"hello\"", "not supported yet"],
+    },
+    BadConfig {
+        what: "a builtin (a later issue)",
+        yaml: "services:
+  - name: hello
+    port: 0
+    builtin: echo  # <--
+",
+        message: &["service \"hello\"", "not supported yet"],
+    },
+    BadConfig {
+        what: "wait: true (a later issue)",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    wait: true  # <--
+",
+        message: &["service \"hello\"", "not supported yet"],
+    },
+    BadConfig {
+        what: "proxy_protocol: true (a later issue)",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    proxy_protocol: true  # <--
+",
+        message: &["service \"hello\"", "not supported yet"],
+    },
+    BadConfig {
+        what: "include (a later issue)",
+        yaml: "include: [other.yaml]  # <--
+services: []
+",
+        message: &["include", "not supported yet"],
+    },
+    BadConfig {
+        what: "a bad value in defaults applies to, and names, each service",
+        yaml: "defaults:
+  user: nosuchuser  # <--
+services:
+  - name: hello
+    port: 0
+    server: {server}
+",
+        message: &["service \"hello\"", "nosuchuser"],
+    },
+    BadConfig {
+        what: "a wildcard address overlaps a specific one on the same port",
+        yaml: "services:
+  - name: all
+    address: 0.0.0.0
+    port: 7777
+    server: {server}
+  - name: loopback
+    address: 127.0.0.1
+    port: 7777  # <--
+    server: {server}
+",
+        message: &["service \"loopback\"", "overlaps", "service \"all\""],
+    },
+];
+
+/// A test dir holding the executable `server.sh` and the non-executable `noexec.sh`.
+fn dir_with_handlers(test: &str) -> (TestDir, String) {
+    let dir = TestDir::new(test);
+    let server = dir.script("server.sh", "echo hello");
+    dir.write("noexec.sh", "#!/bin/sh\necho hello\n", 0o644);
+    (dir, server.display().to_string())
+}
+
+fn marked_line(yaml: &str) -> usize {
+    yaml.lines()
+        .position(|line| line.contains("# <--"))
+        .expect("a line marked # <--")
+        + 1
+}
+
+#[test]
+fn check_reports_each_bad_config_with_file_line_and_message() {
+    let (dir, server) = dir_with_handlers("bad-configs");
+    let noexec = dir.join("noexec.sh").display().to_string();
+    let mut failures = Vec::new();
+    for case in BAD_CONFIGS {
+        let yaml = case
+            .yaml
+            .replace("{server}", &server)
+            .replace("{noexec}", &noexec);
+        let config = dir.config(&yaml);
+        let output = check_config(&config);
+        let text = all_output(&output);
+        let location = format!("{}:{}:", config.display(), marked_line(&yaml));
+        let reported = text
+            .lines()
+            .any(|line| line.contains(&location) && case.message.iter().all(|m| line.contains(m)));
+        if output.status.code() != Some(EX_CONFIG) || !reported {
+            failures.push(format!(
+                "{}: expected exit {EX_CONFIG} and a line with {location:?} and {:?}; got {:?}:\n{text}",
+                case.what, case.message, output.status
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+#[test]
+fn check_reports_every_error_not_just_the_first() {
+    let (dir, server) = dir_with_handlers("every-error");
+    let config = dir.config(&format!(
+        "services:
+  - name: one
+    port: 70000
+    server: {server}
+  - name: two
+    port: 0
+    server: {server}
+    only_from: [10.0.0.0/33]
+"
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(EX_CONFIG), "{text}");
+    let path = config.display();
+    assert!(text.contains(&format!("{path}:3:")), "{text}");
+    assert!(text.contains(&format!("{path}:8:")), "{text}");
+}
+
+#[test]
+fn check_of_a_good_config_prints_ok_and_the_service_count() {
+    let (dir, server) = dir_with_handlers("good-config");
+    let config = dir.config(&format!(
+        "defaults:
+  max_children: 4
+services:
+  - name: one
+    address: 127.0.0.1
+    port: 0
+    server: {server}
+  - name: two
+    address: [\"127.0.0.1\", \"::1\"]
+    port: 0
+    server: {server}
+    args: [hello, --flag]
+    stderr: null
+    rate_limit: {{max: 5, per: 10s, pause: 500ms}}
+    umask: \"077\"
+"
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("{}: OK, 2 services", config.display())),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_warns_about_a_handler_that_would_run_as_root_but_succeeds() {
+    if !is_root() {
+        eprintln!("skipped: the root-handler warning only exists when rinetd runs as root");
+        return;
+    }
+    let (dir, server) = dir_with_handlers("root-warning");
+    let config = dir.config(&format!(
+        "services:
+  - name: admin
+    port: 0
+    server: {server}
+  - name: guest
+    port: 0
+    server: {server}
+    user: nobody
+"
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("warning")).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("admin") && w.contains("root")),
+        "{text}"
+    );
+    assert!(!warnings.iter().any(|w| w.contains("guest")), "{text}");
+}
+
+#[test]
+fn check_binds_nothing_so_a_port_in_use_is_fine() {
+    let (dir, server) = dir_with_handlers("check-binds-nothing");
+    let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let config = dir.config(&format!(
+        "services:
+  - name: busy
+    address: 127.0.0.1
+    port: {port}
+    server: {server}
+"
+    ));
+    let output = check_config(&config);
+    assert_eq!(output.status.code(), Some(0), "{}", all_output(&output));
+}
+
+#[test]
+fn a_disabled_service_is_left_out_of_the_same_port_check() {
+    let (dir, server) = dir_with_handlers("disabled-same-port");
+    let config = dir.config(&format!(
+        "services:
+  - name: live
+    address: 127.0.0.1
+    port: 65001
+    server: {server}
+  - name: spare
+    address: 127.0.0.1
+    port: 65001
+    server: {server}
+    disabled: true
+"
+    ));
+    let output = check_config(&config);
+    assert_eq!(output.status.code(), Some(0), "{}", all_output(&output));
+}
+
+#[test]
+fn check_reports_lookup_errors_together_with_syntax_errors() {
+    let (dir, server) = dir_with_handlers("two-stages");
+    let config = dir.config(&format!(
+        "services:
+  - name: out-of-range
+    port: 70000
+    server: {server}
+  - name: nobody-here
+    port: 0
+    server: {server}
+    user: nosuchuser
+"
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(EX_CONFIG), "{text}");
+    assert!(text.contains("70000"), "{text}");
+    assert!(text.contains("unknown user \"nosuchuser\""), "{text}");
+}
+
+#[test]
+fn as_root_a_table_others_can_write_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: the permission check applies only when rinetd runs as root");
+        return;
+    }
+    let (dir, server) = dir_with_handlers("writable-table");
+    let config = dir.config(&format!(
+        "services:\n  - name: hello\n    port: 0\n    server: {server}\n"
+    ));
+    assert_eq!(check_config(&config).status.code(), Some(0));
+    for mode in [0o666, 0o620] {
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
+        let output = check_config(&config);
+        let text = all_output(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(EX_CONFIG),
+            "mode {mode:o}: {text}"
+        );
+        assert!(text.contains("writable by group or others"), "{text}");
+    }
+}

@@ -1,0 +1,538 @@
+//! Shared machinery for driving the built `rinetd` binary: temporary directories, handler
+//! scripts, configs, a running daemon whose log is collected line by line, client helpers and
+//! `/proc` inspection. Every wait here is a poll against a deadline, never a bare sleep.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long any single expected event may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The exit status of a configuration error (EX_CONFIG).
+pub const EX_CONFIG: i32 = 78;
+
+/// The exit status of an operating-system error at start-up (EX_OSERR).
+pub const EX_OSERR: i32 = 71;
+
+pub fn rinetd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rinetd"))
+}
+
+/// Runs `rinetd -t -c CONFIG` and returns its output.
+pub fn check_config(config: &Path) -> Output {
+    rinetd()
+        .args(["-t", "-c"])
+        .arg(config)
+        .output()
+        .expect("run rinetd -t")
+}
+
+/// stdout and stderr of a finished command, as one text for searching.
+pub fn all_output(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs a command that must exit by itself within `DEADLINE` (it is killed and the test fails
+/// otherwise), and returns the moment it exits: its status, and its stderr, which goes through a
+/// file in `dir` because a daemonized child may keep that descriptor open.
+pub fn run_to_exit(dir: &TestDir, command: &mut Command) -> (ExitStatus, String) {
+    let stderr_path = dir.join("command.stderr");
+    let stderr = fs::File::create(&stderr_path).expect("create stderr file");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start rinetd");
+    if !exits_within_deadline(&child) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rinetd did not return within {DEADLINE:?}");
+    }
+    let status = child.wait().expect("wait for rinetd");
+    (status, fs::read_to_string(&stderr_path).unwrap_or_default())
+}
+
+/// Waits on a pidfd, which becomes readable the instant the process exits (no polling delay:
+/// what happens right after the exit is what callers want to see).
+fn exits_within_deadline(child: &Child) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
+    assert!(raw >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: `raw` is a descriptor just opened for us and owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(DEADLINE).expect("DEADLINE fits poll");
+    poll(&mut fds, timeout).expect("poll the pidfd") > 0
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Polls `condition` until it holds; fails the test with `what` after `DEADLINE`.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporary directories, scripts and configs
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh directory per test, removed at the end unless the test failed (kept for debugging).
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(test: &str) -> TestDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "rinetd-test-{test}-{}-{unique}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create test dir");
+        // Handlers may run as `nobody`: they must be able to reach their scripts.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod test dir");
+        TestDir { path }
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes a file with the given mode and returns its path.
+    pub fn write(&self, name: &str, contents: &str, mode: u32) -> PathBuf {
+        let path = self.join(name);
+        fs::write(&path, contents).expect("write test file");
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod test file");
+        path
+    }
+
+    /// A `#!/bin/sh` handler script with `body` (mode 0755).
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        self.write(name, &format!("#!/bin/sh\n{body}\n"), 0o755)
+    }
+
+    /// `rinetd.conf` holding exactly `yaml` (mode 0644: rinetd refuses group/other-writable).
+    pub fn config(&self, yaml: &str) -> PathBuf {
+        self.write("rinetd.conf", yaml, 0o644)
+    }
+
+    /// `rinetd.conf` serving `services`.
+    pub fn services_config(&self, services: &[Service]) -> PathBuf {
+        self.config(&services_yaml(services))
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("test files kept in {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// One entry of `services:`, on 127.0.0.1 and an ephemeral port unless overridden.
+#[derive(Clone)]
+pub struct Service {
+    name: String,
+    keys: Vec<(String, String)>,
+}
+
+impl Service {
+    pub fn new(name: &str, server: &Path) -> Service {
+        Service {
+            name: name.to_string(),
+            keys: vec![
+                ("address".into(), "127.0.0.1".into()),
+                ("port".into(), "0".into()),
+                ("server".into(), server.display().to_string()),
+            ],
+        }
+    }
+
+    /// Sets `key: value` (`value` is YAML, written as is), replacing an earlier value.
+    pub fn set(mut self, key: &str, value: &str) -> Service {
+        self.keys.retain(|(k, _)| k != key);
+        self.keys.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+pub fn services_yaml(services: &[Service]) -> String {
+    let mut yaml = String::from("services:\n");
+    for service in services {
+        yaml.push_str(&format!("  - name: {}\n", service.name));
+        for (key, value) in &service.keys {
+            yaml.push_str(&format!("    {key}: {value}\n"));
+        }
+    }
+    yaml
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon and its log
+// ---------------------------------------------------------------------------------------------
+
+/// The daemon's stderr, one entry per line, shared with the thread that reads it.
+#[derive(Default)]
+struct Log {
+    state: Mutex<LogState>,
+    grown: Condvar,
+}
+
+#[derive(Default)]
+struct LogState {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+impl Log {
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A line of the daemon's log and its position (for "this happened before that").
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub index: usize,
+    pub text: String,
+}
+
+impl LogLine {
+    /// The value of `key=value` in this line (up to the next space; `line=` takes the rest).
+    pub fn field(&self, key: &str) -> &str {
+        let marker = format!(" {key}=");
+        let start = self
+            .text
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {key}= in log line {:?}", self.text))
+            + marker.len();
+        let rest = &self.text[start..];
+        if key == "line" {
+            rest
+        } else {
+            rest.split(' ').next().unwrap_or_default()
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.field("pid").parse().expect("pid= is a number")
+    }
+}
+
+/// A running `rinetd -f --log stderr`; SIGTERMed and reaped when dropped.
+pub struct Daemon {
+    child: Child,
+    log: Arc<Log>,
+    reaped: Option<ExitStatus>,
+}
+
+impl Daemon {
+    /// `rinetd -c CONFIG -f --log stderr`, ready for `Daemon::spawn` (tests may add env/args).
+    pub fn command(config: &Path) -> Command {
+        let mut command = rinetd();
+        command
+            .arg("-c")
+            .arg(config)
+            .args(["-f", "--log", "stderr"]);
+        command
+    }
+
+    /// Writes a config serving `services` in `dir`, starts the daemon and waits until ready.
+    pub fn start(dir: &TestDir, services: &[Service]) -> Daemon {
+        Daemon::spawn(Daemon::command(&dir.services_config(services)))
+    }
+
+    /// Starts `command` with stderr collected, and waits for the `ready` log line.
+    pub fn spawn(mut command: Command) -> Daemon {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start rinetd");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let shared = Arc::clone(&log);
+        thread::spawn(move || collect_lines(stderr, &shared));
+        let daemon = Daemon {
+            child,
+            log,
+            reaped: None,
+        };
+        daemon.wait_for_line("ready services=");
+        daemon
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().lines.clone()
+    }
+
+    /// The first log line containing `pattern`, waiting for it up to `DEADLINE`.
+    pub fn wait_for_line(&self, pattern: &str) -> LogLine {
+        self.wait_for(pattern, |line| line.contains(pattern))
+    }
+
+    /// The first log line after `after` containing `pattern`.
+    pub fn wait_for_line_after(&self, after: &LogLine, pattern: &str) -> LogLine {
+        self.wait_for_nth(pattern, after.index + 1, |line| line.contains(pattern))
+    }
+
+    /// The first log line satisfying `matches`; `what` describes it in the failure message.
+    pub fn wait_for(&self, what: &str, matches: impl Fn(&str) -> bool) -> LogLine {
+        self.wait_for_nth(what, 0, matches)
+    }
+
+    fn wait_for_nth(&self, what: &str, from: usize, matches: impl Fn(&str) -> bool) -> LogLine {
+        let deadline = Instant::now() + DEADLINE;
+        let mut state = self.log.lock();
+        loop {
+            let found = state
+                .lines
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, line)| matches(line));
+            if let Some((index, text)) = found {
+                return LogLine {
+                    index,
+                    text: text.clone(),
+                };
+            }
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                let why = if state.closed {
+                    "rinetd closed its log"
+                } else {
+                    "timed out"
+                };
+                // Unlocked before panicking: a poisoned log would abort the cleanup in `Drop`.
+                let lines = state.lines.join("\n");
+                drop(state);
+                panic!("{why} waiting for a log line with {what:?}; log so far:\n{lines}");
+            }
+            state = self
+                .log
+                .grown
+                .wait_timeout(state, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// The addresses service `name` listens on, from its `listening address=` lines.
+    pub fn addresses(&self, name: &str) -> Vec<SocketAddr> {
+        let prefix = format!("{name}/tcp: listening address=");
+        let addresses: Vec<SocketAddr> = self
+            .lines()
+            .iter()
+            .filter_map(|line| line.split_once(&prefix))
+            .map(|(_, address)| address.split(' ').next().unwrap_or_default())
+            .map(|address| address.parse().expect("listening address parses"))
+            .collect();
+        assert!(
+            !addresses.is_empty(),
+            "no listening line for {name}:\n{}",
+            self.lines().join("\n")
+        );
+        addresses
+    }
+
+    /// The port service `name` listens on (the ephemeral one when configured with `port: 0`).
+    pub fn port(&self, name: &str) -> u16 {
+        self.addresses(name)[0].port()
+    }
+
+    /// Connects to service `name` on 127.0.0.1.
+    pub fn connect(&self, name: &str) -> TcpStream {
+        connect((Ipv4Addr::LOCALHOST, self.port(name)).into())
+    }
+
+    /// The `accepted` log line of `client`'s connection to service `name`.
+    pub fn accepted(&self, name: &str, client: &TcpStream) -> LogLine {
+        let client = client.local_addr().expect("client address");
+        self.wait_for_line(&format!("{name}/tcp: accepted client={client} pid="))
+    }
+
+    /// Waits for the handler `accepted` started to exit and be logged.
+    pub fn exited(&self, name: &str, accepted: &LogLine) -> LogLine {
+        self.wait_for_line(&format!("{name}/tcp: exited pid={} ", accepted.pid()))
+    }
+
+    /// Connects to service `name`, sends `input`, half-closes and returns everything it answered.
+    pub fn request(&self, name: &str, input: &str) -> String {
+        exchange(self.connect(name), input)
+    }
+
+    /// SIGTERM, then wait for the exit (at most `DEADLINE`).
+    pub fn stop(&mut self) -> ExitStatus {
+        if let Some(status) = self.reaped {
+            return status;
+        }
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for rinetd") {
+                self.reaped = Some(status);
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let status = self.child.wait().expect("wait for killed rinetd");
+                self.reaped = Some(status);
+                panic!("rinetd did not stop within {DEADLINE:?} of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("rinetd log:\n{}", self.lines().join("\n"));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        } else if self.reaped.is_none() {
+            self.stop();
+        }
+    }
+}
+
+fn collect_lines(stderr: impl Read, log: &Log) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        log.lock().lines.push(line);
+        log.grown.notify_all();
+    }
+    log.lock().closed = true;
+    log.grown.notify_all();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+/// A connection whose reads and writes fail after `DEADLINE` instead of hanging the suite.
+pub fn connect(address: SocketAddr) -> TcpStream {
+    let stream =
+        TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    stream
+}
+
+/// Sends `input`, half-closes, and reads the answer up to EOF.
+pub fn exchange(mut stream: TcpStream, input: &str) -> String {
+    stream.write_all(input.as_bytes()).expect("send request");
+    let _ = stream.shutdown(Shutdown::Write);
+    read_to_eof(&mut stream)
+}
+
+/// Everything until the peer closes.
+pub fn read_to_eof(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("read answer until EOF");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One line (without its newline), read byte by byte so that nothing after it is consumed.
+pub fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => panic!(
+                "EOF before a full line (got {:?})",
+                String::from_utf8_lossy(&line)
+            ),
+            Ok(_) if byte[0] == b'\n' => return String::from_utf8_lossy(&line).into_owned(),
+            Ok(_) => line.push(byte[0]),
+            Err(e) => panic!("reading a line: {e}"),
+        }
+    }
+}
+
+/// A port that is free on both 127.0.0.1 and ::1 right now (for fixed-port configs).
+pub fn free_port_on_both_families() -> u16 {
+    for _ in 0..100 {
+        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let port = v4.local_addr().unwrap().port();
+        if TcpListener::bind((Ipv6Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+// ---------------------------------------------------------------------------------------------
+
+/// `(ppid, state)` of a process, or `None` once it no longer exists.
+pub fn process_status(pid: i32) -> Option<(i32, char)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields resume after the last ')'.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let mut fields = after_name.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+/// Gone, or a zombie nobody has reaped yet (orphans may outlive us in a container without init).
+pub fn is_not_running(pid: i32) -> bool {
+    process_status(pid).is_none_or(|(_, state)| state == 'Z')
+}
+
+/// The zombie children of `parent`.
+pub fn zombie_children(parent: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| process_status(pid) == Some((parent, 'Z')))
+        .collect()
+}
+
+pub fn open_fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}

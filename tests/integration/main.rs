@@ -1,0 +1,16 @@
+//! Integration tests: each drives the built `rinetd` binary against configs, handler scripts
+//! and clients on loopback (127.0.0.1 and ::1 only). See `harness` for the shared machinery.
+
+mod harness;
+
+mod cli;
+mod config_errors;
+mod daemonize;
+mod environment;
+mod limits;
+mod privileges;
+mod recovery;
+mod robustness;
+mod stderr_modes;
+mod tcp;
+mod timeouts;
