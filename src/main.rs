@@ -7,6 +7,7 @@ mod config;
 mod daemon;
 mod listener;
 mod logging;
+mod proxy;
 mod resolve;
 mod server;
 mod signals;
