@@ -14,10 +14,14 @@ pub struct ChildPlan<'a> {
     /// NULL-terminated pointer arrays into CStrings the parent keeps alive across fork.
     pub argv: &'a [*const c_char],
     pub envp: &'a [*const c_char],
-    /// The connection: becomes fd 0 and fd 1.
-    pub connection: RawFd,
-    /// What becomes fd 2: the connection, a log pipe, or /dev/null.
+    pub stdin: RawFd,
+    pub stdout: RawFd,
     pub stderr: RawFd,
+    /// `wait: true`: the listening socket, which becomes fd 3 too and goes back to blocking mode.
+    pub listening: Option<RawFd>,
+    /// The digits of the child's own pid go here (a buffer inside the `LISTEN_PID=` entry of
+    /// `envp`, long enough for any pid and its NUL), since the parent cannot know them.
+    pub listen_pid: Option<*mut u8>,
     /// Where a setup failure is reported: fd 2 when it is the log pipe, otherwise a
     /// close-on-exec pipe that exec closes on success.
     pub report: RawFd,
@@ -37,26 +41,46 @@ pub const REPORT_PREFIX: &str = "rinetd-spawn: ";
 /// Runs in the child after fork. Steps in the contract's order: session, descriptors, signals,
 /// rlimits, nice, umask, cwd, then groups, gid, uid so the drop cannot be undone, then execve.
 pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
+    let mut report = plan.report;
     // SAFETY: every call below is a raw async-signal-safe syscall on descriptors and memory the
-    // parent prepared before fork and keeps alive; nothing allocates or takes a lock.
+    // parent prepared before fork and keeps alive; nothing allocates or takes a lock. The
+    // LISTEN_PID buffer is this process's own copy of the parent's memory.
     unsafe {
         libc::setsid();
-        if libc::dup2(plan.connection, 0) < 0
-            || libc::dup2(plan.connection, 1) < 0
+        if libc::dup2(plan.stdin, 0) < 0
+            || libc::dup2(plan.stdout, 1) < 0
             || libc::dup2(plan.stderr, 2) < 0
         {
-            fail(plan.report, b"dup2", None);
+            fail(report, b"dup2", None);
         }
-        // Everything above 2 closes at exec (the report pipe too, which is how the parent learns
+        let mut keep_from: libc::c_uint = 3;
+        if let Some(listening) = plan.listening {
+            if report == 3 {
+                report = libc::fcntl(3, libc::F_DUPFD_CLOEXEC, 4);
+            }
+            // dup2 onto itself would leave close-on-exec set, so clear it explicitly.
+            if (listening != 3 && libc::dup2(listening, 3) < 0)
+                || libc::fcntl(3, libc::F_SETFD, 0) < 0
+            {
+                fail(report, b"dup2", None);
+            }
+            let flags = libc::fcntl(3, libc::F_GETFL);
+            libc::fcntl(3, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            keep_from = 4;
+        }
+        if let Some(slot) = plan.listen_pid {
+            write_decimal(slot, libc::getpid() as u32);
+        }
+        // Everything else closes at exec (the report pipe too, which is how the parent learns
         // that exec succeeded). close_range is Linux >= 5.11; older kernels get a loop.
         if libc::syscall(
             libc::SYS_close_range,
-            3 as libc::c_uint,
+            keep_from,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         ) < 0
         {
-            for fd in 3..65536 {
+            for fd in keep_from as c_int..65536 {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
@@ -75,30 +99,53 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
 
         for (resource, limit) in plan.rlimits {
             if libc::setrlimit(*resource as _, limit) < 0 {
-                fail(plan.report, b"setrlimit", None);
+                fail(report, b"setrlimit", None);
             }
         }
         if plan.nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, plan.nice) < 0 {
-            fail(plan.report, b"setpriority", None);
+            fail(report, b"setpriority", None);
         }
         libc::umask(plan.umask);
         if libc::chdir(plan.cwd.as_ptr()) < 0 {
-            fail(plan.report, b"chdir", Some(plan.cwd));
+            fail(report, b"chdir", Some(plan.cwd));
         }
         if let Some((groups, gid, uid)) = plan.credentials {
             if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
-                fail(plan.report, b"setgroups", None);
+                fail(report, b"setgroups", None);
             }
             if libc::setgid(gid) < 0 {
-                fail(plan.report, b"setgid", None);
+                fail(report, b"setgid", None);
             }
             if libc::setuid(uid) < 0 {
-                fail(plan.report, b"setuid", None);
+                fail(report, b"setuid", None);
             }
         }
         libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-        fail(plan.report, b"exec", Some(plan.path))
+        fail(report, b"exec", Some(plan.path))
     }
+}
+
+/// Writes `n` in decimal and a NUL at `slot`, which has room for 11 bytes.
+///
+/// # Safety
+/// `slot` must point to at least 11 writable bytes.
+unsafe fn write_decimal(slot: *mut u8, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (n % 10) as u8;
+        count += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..count {
+        // SAFETY: count <= 10, so every write stays within the 11 bytes promised.
+        unsafe { *slot.add(i) = digits[count - 1 - i] };
+    }
+    // SAFETY: as above.
+    unsafe { *slot.add(count) = 0 };
 }
 
 /// Writes `rinetd-spawn: cannot STEP [WHAT]: REASON\n` to `report` and exits 127.
@@ -106,7 +153,7 @@ fn fail(report: RawFd, step: &[u8], what: Option<&CStr>) -> ! {
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
     let reason = nix::errno::Errno::from_raw(errno).desc().as_bytes();
     let what = what.map_or(&[][..], CStr::to_bytes);
-    let parts: [&[u8]; 7] = [
+    let parts: [&[u8]; 8] = [
         REPORT_PREFIX.as_bytes(),
         b"cannot ",
         step,
@@ -114,10 +161,11 @@ fn fail(report: RawFd, step: &[u8], what: Option<&CStr>) -> ! {
         what,
         b": ",
         reason,
+        b"\n",
     ];
     // SAFETY: write(2) and _exit(2) are async-signal-safe; the slices are live for the calls.
     unsafe {
-        for part in parts.iter().chain(std::iter::once(&&b"\n"[..])) {
+        for part in parts {
             libc::write(report, part.as_ptr().cast(), part.len());
         }
         libc::_exit(127)

@@ -1,22 +1,67 @@
-//! Listening sockets: bound with socket2 (SO_REUSEADDR, IPV6_V6ONLY, backlog), non-blocking and
-//! close-on-exec, ready to be registered with mio.
+//! Listening sockets: bound with socket2 (SO_REUSEADDR, IPV6_V6ONLY, backlog; UNIX paths with
+//! their mode, a stale socket file replaced), non-blocking and close-on-exec, ready for mio.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockAddr, Socket, Type};
 
-/// Binds and listens on `address`. The socket is non-blocking; accepted sockets are not.
-pub fn bind_tcp(address: SocketAddr, backlog: u32) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+fn ip_socket(address: SocketAddr, kind: Type) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(address), kind, None)?;
     socket.set_reuse_address(true)?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.bind(&address.into())?;
+    Ok(socket)
+}
+
+fn listen(socket: Socket, backlog: u32) -> io::Result<Socket> {
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     socket.set_nonblocking(true)?;
     Ok(socket)
+}
+
+/// A TCP listener. The socket is non-blocking; sockets accepted from it are not.
+pub fn bind_tcp(address: SocketAddr, backlog: u32) -> io::Result<Socket> {
+    listen(ip_socket(address, Type::STREAM)?, backlog)
+}
+
+/// A UDP socket, non-blocking.
+pub fn bind_udp(address: SocketAddr) -> io::Result<Socket> {
+    let socket = ip_socket(address, Type::DGRAM)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// A UNIX stream listener at `path` with permissions `mode`. A socket file nobody listens on
+/// any more is replaced; one in use, or a file of another kind, is an error.
+pub fn bind_unix(path: &Path, mode: u32, backlog: u32) -> io::Result<Socket> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process listens on this socket",
+                ));
+            }
+            Err(_) => std::fs::remove_file(path)?,
+        }
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&SockAddr::unix(path)?)?;
+    // Before listen(2), so no client ever connects through wider permissions.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    listen(socket, backlog)
 }
 
 /// The address a socket is bound to, as an IP socket address.

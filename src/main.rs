@@ -1,6 +1,7 @@
 //! rinetd: parse the command line, load the table, detach unless -f, serve. Every outcome
 //! becomes an exit status here and only here.
 
+mod builtin;
 mod child;
 mod cli;
 mod config;

@@ -6,12 +6,12 @@ use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::unistd::{AccessFlags, Gid, Group, Uid, User, access, getgrouplist};
 
 use crate::config::{
-    ConfigError, IdSpec, PortSpec, Pos, Protocol, Resource, ServiceSpec, StderrMode, Table,
+    ConfigError, Handler, IdSpec, PortSpec, Pos, Protocol, Resource, ServiceSpec, StderrMode, Table,
 };
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -41,12 +41,29 @@ pub struct ExecPlan {
     pub stderr: StderrMode,
 }
 
+/// Where a service listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Ip(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Ip(address) => write!(f, "{address}"),
+            Endpoint::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// A service ready to be bound and run.
 #[derive(Debug, Clone)]
 pub struct Service {
     pub spec: ServiceSpec,
-    pub listen: Vec<SocketAddr>,
-    pub exec: ExecPlan,
+    pub listen: Vec<Endpoint>,
+    /// None for a builtin.
+    pub exec: Option<ExecPlan>,
     /// `name/proto`, the prefix of every log line about this service.
     pub label: String,
 }
@@ -105,8 +122,19 @@ pub fn resolve(
                 found
             }
         };
-        if let Err(message) = check_executable(&spec.server) {
-            fail(spec.server_pos, format!("key \"server\": {message}"));
+        let program = match &spec.handler {
+            Handler::Server { path, pos, args } => {
+                if let Err(message) = check_executable(path) {
+                    fail(*pos, format!("key \"server\": {message}"));
+                }
+                Some((path, args))
+            }
+            Handler::Builtin(_) => None,
+        };
+        if let Some(unix) = &spec.unix
+            && let Err(message) = check_socket_path(&unix.path)
+        {
+            fail(unix.pos, format!("key \"path\": {message}"));
         }
         let identity = match identity(spec, host) {
             Ok(identity) => identity,
@@ -118,7 +146,7 @@ pub fn resolve(
         let runs_as_root = identity
             .as_ref()
             .map_or(host.euid == 0, |i| i.credentials.uid == 0);
-        if runs_as_root && !spec.disabled {
+        if runs_as_root && !spec.disabled && program.is_some() {
             warnings.push(format!(
                 "{}:{}:{}: service \"{}\": handler would run as root (set \"user\")",
                 table.file, spec.pos.line, spec.pos.column, spec.name
@@ -135,14 +163,18 @@ pub fn resolve(
         if spec.disabled {
             continue;
         }
-        services.push(Service {
-            listen: spec
+        let listen = match &spec.unix {
+            Some(unix) => vec![Endpoint::Unix(unix.path.clone())],
+            None => spec
                 .addresses
                 .iter()
-                .map(|ip| SocketAddr::new(*ip, port))
+                .map(|ip| Endpoint::Ip(SocketAddr::new(*ip, port)))
                 .collect(),
+        };
+        services.push(Service {
+            listen,
             label: format!("{}/{}", spec.name, spec.protocol.as_str()),
-            exec: exec_plan(spec, identity, host),
+            exec: program.map(|(path, args)| exec_plan(spec, path, args, identity, host)),
             spec: spec.clone(),
         });
     }
@@ -155,12 +187,18 @@ pub fn resolve(
 }
 
 /// Two services cannot bind the same protocol and port on the same address, nor on a wildcard
-/// address and a specific one of the same family (the kernel refuses the second bind).
+/// address and a specific one of the same family (the kernel refuses the second bind); two
+/// UNIX services cannot share a path.
 fn socket_conflicts(file: &str, services: &[Service]) -> Vec<ConfigError> {
-    let overlaps = |a: &SocketAddr, b: &SocketAddr| {
-        a.port() == b.port()
-            && a.is_ipv4() == b.is_ipv4()
-            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    let overlaps = |mine: &Endpoint, theirs: &Endpoint| match (mine, theirs) {
+        (Endpoint::Ip(a), Endpoint::Ip(b)) => {
+            a.port() != 0
+                && a.port() == b.port()
+                && a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        (Endpoint::Unix(a), Endpoint::Unix(b)) => a == b,
+        _ => false,
     };
     let mut errors = Vec::new();
     for (i, service) in services.iter().enumerate() {
@@ -172,7 +210,7 @@ fn socket_conflicts(file: &str, services: &[Service]) -> Vec<ConfigError> {
                 let theirs = other.listen.iter().find(|theirs| overlaps(mine, theirs))?;
                 Some((mine, theirs))
             });
-            if let Some((mine, theirs)) = clash.filter(|(mine, _)| mine.port() != 0) {
+            if let Some((mine, theirs)) = clash {
                 errors.push(ConfigError {
                     file: file.to_string(),
                     pos: Some(service.spec.port_pos),
@@ -187,6 +225,18 @@ fn socket_conflicts(file: &str, services: &[Service]) -> Vec<ConfigError> {
         }
     }
     errors
+}
+
+/// A UNIX socket's path may hold a stale socket (replaced at bind) but nothing else.
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => Err(format!(
+            "{} exists and is not a socket; rinetd replaces only stale sockets",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Looks `name` up in the text of /etc/services: `name port/proto [aliases…]`.
@@ -310,7 +360,13 @@ fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Pos, S
     }))
 }
 
-fn exec_plan(spec: &ServiceSpec, identity: Option<Identity>, host: &Host) -> ExecPlan {
+fn exec_plan(
+    spec: &ServiceSpec,
+    path: &Path,
+    args: &[String],
+    identity: Option<Identity>,
+    host: &Host,
+) -> ExecPlan {
     let (credentials, user) = match identity {
         // Only root can switch; a non-root rinetd was checked above to run handlers as itself.
         Some(Identity { credentials, user }) => {
@@ -355,9 +411,8 @@ fn exec_plan(spec: &ServiceSpec, identity: Option<Identity>, host: &Host) -> Exe
         .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
         .collect();
     ExecPlan {
-        path: CString::new(spec.server.as_os_str().as_bytes()).unwrap_or_default(),
-        argv: spec
-            .args
+        path: CString::new(path.as_os_str().as_bytes()).unwrap_or_default(),
+        argv: args
             .iter()
             .filter_map(|a| CString::new(a.as_str()).ok())
             .collect(),

@@ -1,11 +1,10 @@
 //! Parent side of starting a handler: builds argv, envp, limits and credentials for one
-//! connection, forks with every signal blocked, and hands back the child's pid and the reading
-//! end of its output pipe. The child side is `child.rs`.
+//! connection, datagram or wait-mode socket, forks with every signal blocked, and hands back the
+//! child's pid and the reading end of its output pipe. The child side is `child.rs`.
 
 use std::ffi::CString;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
@@ -15,10 +14,22 @@ use crate::child::{ChildPlan, exec_handler};
 use crate::config::{Resource, StderrMode};
 use crate::resolve::ExecPlan;
 
-/// The connection's two ends, as the handler sees them in its environment.
-pub struct Endpoints {
-    pub remote: SocketAddr,
-    pub local: SocketAddr,
+/// What a handler gets on its descriptors.
+pub enum Stdio {
+    /// nowait stream: the connection is fd 0 and fd 1 (and fd 2 with `stderr: socket`).
+    Connection(RawFd),
+    /// wait: the listening (or UDP) socket is fd 0, 1 and 3, with LISTEN_FDS.
+    Listening(RawFd),
+    /// A UDP datagram: stdin reads it, stdout (and stderr with `stderr: socket`) is the reply.
+    Datagram { request: RawFd, reply: RawFd },
+}
+
+/// What every handler gets from rinetd's own start-up state.
+pub struct Inherited {
+    pub dev_null: OwnedFd,
+    /// RLIMIT_NOFILE as rinetd found it, given back to handlers that do not set `nofile`.
+    pub original_nofile: (u64, u64),
+    pub reset_signals: Vec<libc::c_int>,
 }
 
 /// The pipe a handler's stderr (or its exec failure report) comes back through. Made before the
@@ -44,25 +55,8 @@ pub struct Spawned {
     pub output: OwnedFd,
 }
 
-/// The per-connection variables of the contract, in its order.
-fn connection_env(plan: &ExecPlan, ends: &Endpoints) -> Vec<CString> {
-    let (remote_ip, remote_port) = (ends.remote.ip().to_string(), ends.remote.port().to_string());
-    let (local_ip, local_port) = (ends.local.ip().to_string(), ends.local.port().to_string());
-    [
-        ("REMOTE_ADDR", &remote_ip),
-        ("REMOTE_PORT", &remote_port),
-        ("LOCAL_ADDR", &local_ip),
-        ("LOCAL_PORT", &local_port),
-        ("TCPREMOTEIP", &remote_ip),
-        ("TCPREMOTEPORT", &remote_port),
-        ("TCPLOCALIP", &local_ip),
-        ("TCPLOCALPORT", &local_port),
-    ]
-    .into_iter()
-    .filter(|(name, _)| !plan.overridden.contains(*name))
-    .filter_map(|(name, value)| CString::new(format!("{name}={value}")).ok())
-    .collect()
-}
+/// `LISTEN_PID=` followed by room for the digits of any pid and a NUL.
+const LISTEN_PID_SLOT: &[u8] = b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0";
 
 fn libc_resource(resource: Resource) -> libc::c_int {
     (match resource {
@@ -77,19 +71,12 @@ fn libc_resource(resource: Resource) -> libc::c_int {
     }) as libc::c_int
 }
 
-/// What every handler gets from rinetd's own start-up state.
-pub struct Inherited {
-    pub dev_null: OwnedFd,
-    /// RLIMIT_NOFILE as rinetd found it, given back to handlers that do not set `nofile`.
-    pub original_nofile: (u64, u64),
-    pub reset_signals: Vec<libc::c_int>,
-}
-
-/// Forks a handler for `connection`.
+/// Forks a handler. `vars` are the per-connection environment variables (REMOTE_ADDR …);
+/// `env`/`pass_env` entries of the same name win over them.
 pub fn spawn(
     plan: &ExecPlan,
-    connection: &impl AsRawFd,
-    ends: &Endpoints,
+    stdio: Stdio,
+    vars: &[(&str, String)],
     inherited: &Inherited,
     pipe: OutputPipe,
 ) -> io::Result<Spawned> {
@@ -98,12 +85,27 @@ pub fn spawn(
         original_nofile,
         reset_signals,
     } = inherited;
-    let connection_vars = connection_env(plan, ends);
+    let connection_vars: Vec<CString> = vars
+        .iter()
+        .filter(|(name, _)| !plan.overridden.contains(*name))
+        .filter_map(|(name, value)| CString::new(format!("{name}={value}")).ok())
+        .collect();
+    let mut listen_pid = LISTEN_PID_SLOT.to_vec();
+    // Both pointers come from one `as_mut_ptr`: the child writes through one, execve reads the
+    // other.
+    let listen_pid_entry = listen_pid.as_mut_ptr();
+    let listen_pid_ptr: *const libc::c_char = listen_pid_entry.cast_const().cast();
+    let (stdin, stdout, socket, listening) = match stdio {
+        Stdio::Connection(fd) => (fd, fd, fd, None),
+        Stdio::Listening(fd) => (fd, fd, fd, Some(fd)),
+        Stdio::Datagram { request, reply } => (request, reply, reply, None),
+    };
     let envp: Vec<*const libc::c_char> = plan
         .fixed_env
         .iter()
         .chain(&connection_vars)
         .map(|s| s.as_ptr())
+        .chain(listening.map(|_| listen_pid_ptr))
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let argv: Vec<*const libc::c_char> = plan
@@ -146,15 +148,20 @@ pub fn spawn(
     } = pipe;
     let (stderr, report) = match plan.stderr {
         StderrMode::Log => (output_writer.as_raw_fd(), 2),
-        StderrMode::Socket => (connection.as_raw_fd(), output_writer.as_raw_fd()),
+        StderrMode::Socket => (socket, output_writer.as_raw_fd()),
         StderrMode::Null => (dev_null.as_raw_fd(), output_writer.as_raw_fd()),
     };
     let child_plan = ChildPlan {
         path: &plan.path,
         argv: &argv,
         envp: &envp,
-        connection: connection.as_raw_fd(),
+        stdin,
+        stdout,
         stderr,
+        listening,
+        // SAFETY (of the pointer arithmetic): the entry is LISTEN_PID_SLOT long, so the digits'
+        // room starts inside it and holds 11 bytes.
+        listen_pid: listening.map(|_| listen_pid_entry.wrapping_add(b"LISTEN_PID=".len())),
         report,
         reset_signals,
         rlimits: &rlimits,

@@ -14,8 +14,8 @@ use super::raw::{
     SERVICE_KEYS, Scalar, TOP_KEYS,
 };
 use super::{
-    ConfigError, IdSpec, LimitValue, PortSpec, Pos, Protocol, RateLimit, Resource, ServiceSpec,
-    StderrMode, Table,
+    Builtin, ConfigError, Handler, IdSpec, LimitValue, PortSpec, Pos, Protocol, RateLimit,
+    Resource, ServiceSpec, StderrMode, Table, UnixSocket,
 };
 
 const DEFAULT_MAX_CHILDREN: u32 = 256;
@@ -336,18 +336,8 @@ impl Checker<'_> {
             None => Protocol::Tcp,
             Some(p) => match p.value.as_str() {
                 "tcp" => Protocol::Tcp,
-                "udp" | "unix" => {
-                    self.error(
-                        pos_of(p),
-                        svc,
-                        format!("key \"protocol\": \"{}\" is not supported yet", p.value),
-                    );
-                    if p.value == "udp" {
-                        Protocol::Udp
-                    } else {
-                        Protocol::Unix
-                    }
-                }
+                "udp" => Protocol::Udp,
+                "unix" => Protocol::Unix,
                 other => {
                     self.error(
                         pos_of(p),
@@ -366,76 +356,66 @@ impl Checker<'_> {
                 self.error(pos, svc, format!("key \"{key}\": only for protocol unix"));
             }
         }
-        if let Some(builtin) = &s.builtin {
+        let handler = self.handler(s, entry_pos, svc);
+        let builtin = matches!(handler, Handler::Builtin(_));
+        if builtin && protocol == Protocol::Unix {
+            let pos = s.builtin.as_ref().map_or(entry_pos, pos_of);
             self.error(
-                pos_of(builtin),
+                pos,
                 svc,
-                "key \"builtin\": builtin services are not supported yet",
+                "key \"builtin\": builtins are served over tcp and udp only",
             );
         }
-        if let Some(wait) = &s.wait
-            && wait.value
-        {
-            self.error(
-                pos_of(wait),
-                svc,
-                "key \"wait\": wait: true is not supported yet",
-            );
-        }
-        if let Some(proxy) = pick(&s.proxy_protocol, &defaults.proxy_protocol)
-            && proxy.value
-        {
-            self.error(
-                pos_of(proxy),
-                svc,
-                "key \"proxy_protocol\": proxy_protocol: true is not supported yet",
-            );
-        }
+        let wait = match &s.wait {
+            Some(wait) if wait.value && builtin => {
+                self.error(
+                    pos_of(wait),
+                    svc,
+                    "key \"wait\": a builtin is served inside rinetd; wait: true does not apply",
+                );
+                false
+            }
+            Some(wait) => wait.value,
+            None => protocol == Protocol::Udp && !builtin,
+        };
+        // From `defaults:` it applies where it can (tcp nowait); on a service it must fit.
+        let proxy_fits = protocol == Protocol::Tcp && !wait;
+        let proxy_protocol = match (&s.proxy_protocol, &defaults.proxy_protocol) {
+            (Some(own), _) if own.value && !proxy_fits => {
+                self.error(
+                    pos_of(own),
+                    svc,
+                    "key \"proxy_protocol\": only for tcp services with wait: false",
+                );
+                false
+            }
+            (Some(own), _) => own.value,
+            (None, Some(default)) => default.value && proxy_fits,
+            (None, None) => false,
+        };
 
-        let addresses = self.addresses(s, svc);
-        let (port, port_pos) = match &s.port {
-            Some(port) => (self.port(port, svc), pos_of(port)),
-            None => (PortSpec::Name(name.clone()), entry_pos),
-        };
-        let (server, server_pos) = match &s.server {
-            Some(server) => {
-                if !server.value.starts_with('/') {
+        let (addresses, port, port_pos, unix) = if protocol == Protocol::Unix {
+            for (key, pos) in [
+                ("address", s.address.as_ref().map(pos_of)),
+                ("port", s.port.as_ref().map(pos_of)),
+            ] {
+                if let Some(pos) = pos {
                     self.error(
-                        pos_of(server),
+                        pos,
                         svc,
-                        format!(
-                            "key \"server\": \"{}\" is not an absolute path",
-                            server.value
-                        ),
+                        format!("key \"{key}\": not for protocol unix (use \"path\")"),
                     );
                 }
-                (PathBuf::from(&server.value), pos_of(server))
             }
-            None => {
-                if s.builtin.is_none() {
-                    self.error(entry_pos, svc, "missing key \"server\" (or \"builtin\")");
-                }
-                (PathBuf::new(), entry_pos)
-            }
-        };
-        let args = match &s.args {
-            Some(args) => {
-                if args.value.is_empty() {
-                    self.error(
-                        pos_of(args),
-                        svc,
-                        "key \"args\": must hold at least argv[0]",
-                    );
-                }
-                self.no_nul(&args.value, pos_of(args), svc, "args");
-                args.value.clone()
-            }
-            None => vec![
-                server
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            ],
+            let unix = self.unix_socket(s, entry_pos, svc);
+            (Vec::new(), PortSpec::Number(0), entry_pos, unix)
+        } else {
+            let addresses = self.addresses(s, svc);
+            let (port, port_pos) = match &s.port {
+                Some(port) => (self.port(port, svc), pos_of(port)),
+                None => (PortSpec::Name(name.clone()), entry_pos),
+            };
+            (addresses, port, port_pos, None)
         };
 
         let user = pick(&s.user, &defaults.user).map(|u| (self.id_spec(u, svc, "user"), pos_of(u)));
@@ -544,9 +524,10 @@ impl Checker<'_> {
             addresses,
             port,
             port_pos,
-            server,
-            server_pos,
-            args,
+            unix,
+            handler,
+            wait,
+            proxy_protocol,
             user,
             group,
             env,
@@ -565,6 +546,120 @@ impl Checker<'_> {
             backlog,
             keepalive,
             disabled,
+        })
+    }
+
+    /// Exactly one of `server` (with optional `args`) and `builtin`.
+    fn handler(&mut self, s: &RawService, entry_pos: Pos, svc: Option<&str>) -> Handler {
+        match (&s.server, &s.builtin) {
+            (Some(server), Some(builtin)) => {
+                let _ = server;
+                self.error(
+                    pos_of(builtin),
+                    svc,
+                    "keys \"server\" and \"builtin\": set exactly one of them",
+                );
+                Handler::Builtin(Builtin::Echo)
+            }
+            (None, Some(builtin)) => {
+                if let Some(args) = &s.args {
+                    self.error(pos_of(args), svc, "key \"args\": not for a builtin");
+                }
+                match Builtin::ALL.iter().find(|(name, _)| *name == builtin.value) {
+                    Some((_, which)) => Handler::Builtin(*which),
+                    None => {
+                        let names: Vec<&str> = Builtin::ALL.iter().map(|(n, _)| *n).collect();
+                        self.error(
+                            pos_of(builtin),
+                            svc,
+                            format!(
+                                "key \"builtin\": \"{}\" is not one of {}",
+                                builtin.value,
+                                names.join(", ")
+                            ),
+                        );
+                        Handler::Builtin(Builtin::Echo)
+                    }
+                }
+            }
+            (Some(server), None) => {
+                if !server.value.starts_with('/') {
+                    self.error(
+                        pos_of(server),
+                        svc,
+                        format!(
+                            "key \"server\": \"{}\" is not an absolute path",
+                            server.value
+                        ),
+                    );
+                }
+                let path = PathBuf::from(&server.value);
+                let args = match &s.args {
+                    Some(args) => {
+                        if args.value.is_empty() {
+                            self.error(
+                                pos_of(args),
+                                svc,
+                                "key \"args\": must hold at least argv[0]",
+                            );
+                        }
+                        self.no_nul(&args.value, pos_of(args), svc, "args");
+                        args.value.clone()
+                    }
+                    None => vec![
+                        path.file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    ],
+                };
+                Handler::Server {
+                    path,
+                    pos: pos_of(server),
+                    args,
+                }
+            }
+            (None, None) => {
+                self.error(entry_pos, svc, "missing key \"server\" (or \"builtin\")");
+                Handler::Builtin(Builtin::Echo)
+            }
+        }
+    }
+
+    fn unix_socket(
+        &mut self,
+        s: &RawService,
+        entry_pos: Pos,
+        svc: Option<&str>,
+    ) -> Option<UnixSocket> {
+        let Some(path) = &s.path else {
+            self.error(
+                entry_pos,
+                svc,
+                "missing key \"path\" (required for protocol unix)",
+            );
+            return None;
+        };
+        if !path.value.starts_with('/') {
+            self.error(pos_of(path), svc, "key \"path\": must be an absolute path");
+        }
+        let mode = match &s.socket_mode {
+            None => 0o666,
+            Some(mode) => match u32::from_str_radix(&mode.value, 8) {
+                Ok(bits) if bits <= 0o777 => bits,
+                _ => {
+                    self.error(
+                        pos_of(mode),
+                        svc,
+                        format!("key \"socket_mode\": \"{}\" is not an octal mode 000-777 (quote it: \"0660\")", mode.value),
+                    );
+                    0o666
+                }
+            },
+        };
+        Some(UnixSocket {
+            path: PathBuf::from(&path.value),
+            pos: pos_of(path),
+            mode,
         })
     }
 

@@ -67,6 +67,46 @@ pub enum StderrMode {
     Null,
 }
 
+/// The services RFC 862-868 define, served inside rinetd's event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Echo,
+    Discard,
+    Chargen,
+    Daytime,
+    Time,
+}
+
+impl Builtin {
+    pub const ALL: [(&'static str, Builtin); 5] = [
+        ("echo", Builtin::Echo),
+        ("discard", Builtin::Discard),
+        ("chargen", Builtin::Chargen),
+        ("daytime", Builtin::Daytime),
+        ("time", Builtin::Time),
+    ];
+}
+
+/// What serves a connection or datagram: a program to exec, or a builtin.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handler {
+    Server {
+        path: PathBuf,
+        pos: Pos,
+        /// argv, argv[0] first.
+        args: Vec<String>,
+    },
+    Builtin(Builtin),
+}
+
+/// A `protocol: unix` socket file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixSocket {
+    pub path: PathBuf,
+    pub pos: Pos,
+    pub mode: u32,
+}
+
 /// `port:` as written: a number, or a name still to be looked up in /etc/services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortSpec {
@@ -112,9 +152,11 @@ pub struct ServiceSpec {
     pub addresses: Vec<IpAddr>,
     pub port: PortSpec,
     pub port_pos: Pos,
-    pub server: PathBuf,
-    pub server_pos: Pos,
-    pub args: Vec<String>,
+    /// `protocol: unix` only (then `addresses` is empty).
+    pub unix: Option<UnixSocket>,
+    pub handler: Handler,
+    pub wait: bool,
+    pub proxy_protocol: bool,
     pub user: Option<(IdSpec, Pos)>,
     pub group: Option<(IdSpec, Pos)>,
     pub env: BTreeMap<String, String>,
@@ -140,4 +182,14 @@ pub struct ServiceSpec {
 pub struct Table {
     pub file: String,
     pub services: Vec<ServiceSpec>,
+}
+
+impl ServiceSpec {
+    /// The builtin serving this service, if it is one.
+    pub fn handler_builtin(&self) -> Option<Builtin> {
+        match self.handler {
+            Handler::Builtin(builtin) => Some(builtin),
+            Handler::Server { .. } => None,
+        }
+    }
 }

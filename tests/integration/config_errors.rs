@@ -179,43 +179,126 @@ const BAD_CONFIGS: &[BadConfig] = &[
         message: &["name"],
     },
     BadConfig {
-        what: "protocol udp (a later issue)",
+        what: "both server and builtin",
         yaml: "services:
   - name: hello
-    protocol: udp  # <--
     port: 0
     server: {server}
-",
-        message: &["service \"hello\"", "not supported yet"],
-    },
-    BadConfig {
-        what: "a builtin (a later issue)",
-        yaml: "services:
-  - name: hello
-    port: 0
     builtin: echo  # <--
 ",
-        message: &["service \"hello\"", "not supported yet"],
+        message: &["service \"hello\"", "exactly one"],
     },
     BadConfig {
-        what: "wait: true (a later issue)",
+        what: "an unknown builtin",
         yaml: "services:
   - name: hello
     port: 0
-    server: {server}
-    wait: true  # <--
+    builtin: quote  # <--
 ",
-        message: &["service \"hello\"", "not supported yet"],
+        message: &[
+            "service \"hello\"",
+            "\"quote\" is not one of echo, discard, chargen",
+        ],
     },
     BadConfig {
-        what: "proxy_protocol: true (a later issue)",
+        what: "wait: true on a builtin",
         yaml: "services:
   - name: hello
+    protocol: udp
+    port: 0
+    builtin: echo
+    wait: true  # <--
+",
+        message: &["service \"hello\"", "does not apply"],
+    },
+    BadConfig {
+        what: "args on a builtin",
+        yaml: "services:
+  - name: hello
+    port: 0
+    builtin: echo
+    args: [echo]  # <--
+",
+        message: &["service \"hello\"", "args", "not for a builtin"],
+    },
+    BadConfig {
+        what: "proxy_protocol on udp",
+        yaml: "services:
+  - name: hello
+    protocol: udp
     port: 0
     server: {server}
     proxy_protocol: true  # <--
 ",
-        message: &["service \"hello\"", "not supported yet"],
+        message: &[
+            "service \"hello\"",
+            "only for tcp services with wait: false",
+        ],
+    },
+    BadConfig {
+        what: "proxy_protocol on a wait service",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    wait: true
+    proxy_protocol: true  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "only for tcp services with wait: false",
+        ],
+    },
+    BadConfig {
+        what: "a unix service without a path",
+        yaml: "services:
+  - name: hello  # <--
+    protocol: unix
+    server: {server}
+",
+        message: &["service \"hello\"", "missing key \"path\""],
+    },
+    BadConfig {
+        what: "a port on a unix service",
+        yaml: "services:
+  - name: hello
+    protocol: unix
+    path: /tmp/rinetd-never-bound.sock
+    port: 80  # <--
+    server: {server}
+",
+        message: &["service \"hello\"", "not for protocol unix"],
+    },
+    BadConfig {
+        what: "a unix path that is a regular file",
+        yaml: "services:
+  - name: hello
+    protocol: unix
+    path: {server}  # <--
+    server: {server}
+",
+        message: &["service \"hello\"", "is not a socket"],
+    },
+    BadConfig {
+        what: "a builtin on a unix socket",
+        yaml: "services:
+  - name: hello
+    protocol: unix
+    path: /tmp/rinetd-never-bound.sock
+    builtin: echo  # <--
+",
+        message: &["service \"hello\"", "tcp and udp only"],
+    },
+    BadConfig {
+        what: "a bad socket_mode",
+        yaml: "services:
+  - name: hello
+    protocol: unix
+    path: /tmp/rinetd-never-bound.sock
+    socket_mode: \"0999\"  # <--
+    server: {server}
+",
+        message: &["service \"hello\"", "socket_mode"],
     },
     BadConfig {
         what: "include (a later issue)",

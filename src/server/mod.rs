@@ -1,15 +1,21 @@
-//! The event loop and the live service table: listeners, limits, running handlers, their output
-//! pipes and timers, all driven by one mio poll and one `match` on the token.
+//! The event loop and the live service table: listeners, limits, running handlers and builtin
+//! connections, their pipes and timers, all driven by one mio poll and one `match` on the token.
+//! Stream services (accept, PROXY headers, TCP builtins) are in `stream.rs`, datagram services
+//! in `datagram.rs`; handing a socket to a `wait: true` handler is here, shared by both.
+
+mod datagram;
+mod stream;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fs::File;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{Signal, kill, killpg};
@@ -18,10 +24,14 @@ use nix::unistd::Pid;
 use socket2::Socket;
 
 use crate::child::REPORT_PREFIX;
-use crate::listener::{bind_tcp, local_address};
-use crate::resolve::Service;
+use crate::config::{Builtin, Protocol};
+use crate::listener::{bind_tcp, bind_udp, bind_unix, local_address};
+use crate::resolve::{Endpoint, Service};
 use crate::signals::{self, Pending, Signals};
-use crate::spawn::{Endpoints, Inherited, OutputPipe, spawn};
+use crate::spawn::{Inherited, OutputPipe, Stdio, spawn};
+
+use datagram::Reply;
+use stream::{BuiltinConnection, PendingProxy};
 
 const SIGNAL_TOKEN: Token = Token(0);
 /// Between the SIGTERM of a timed-out handler's group and its SIGKILL.
@@ -29,12 +39,18 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long a stop waits for handlers before killing them.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const BIND_RETRY: Duration = Duration::from_secs(10);
-/// After EMFILE/ENFILE/ENOBUFS/ENOMEM from accept: long enough not to spin, short enough that
-/// service resumes as soon as a descriptor frees up.
+/// After EMFILE/ENFILE/ENOBUFS/ENOMEM: long enough not to spin, short enough that service
+/// resumes as soon as a descriptor frees up.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const FORK_BACKOFF: Duration = Duration::from_secs(1);
+/// A `wait: true` stream handler that fails sooner than this is not restarted before it has
+/// passed: the connection it left in the backlog would otherwise restart it in a loop.
+const WAIT_RESTART_DELAY: Duration = Duration::from_secs(1);
 /// A handler's stderr line longer than this is logged in pieces.
 const MAX_LINE: usize = 4096;
+/// Connections accepted or datagrams read per listener per turn, so that one busy service
+/// cannot starve the others.
+const TURN: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PauseReason {
@@ -42,11 +58,61 @@ enum PauseReason {
     Backoff,
 }
 
+/// How a service is served, decided once from its spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// tcp/unix nowait: a handler process per connection.
+    StreamExec,
+    /// tcp: a builtin per connection, inside the loop.
+    StreamBuiltin(Builtin),
+    /// udp nowait: a handler process per datagram.
+    DatagramExec,
+    /// udp: a builtin answering each datagram.
+    DatagramBuiltin(Builtin),
+    /// tcp/unix/udp wait: the socket itself is handed to one handler at a time.
+    Wait,
+}
+
+fn kind_of(service: &Service) -> Kind {
+    let stream = service.spec.protocol != Protocol::Udp;
+    match (&service.exec, service.spec.handler_builtin(), stream) {
+        (None, Some(builtin), true) => Kind::StreamBuiltin(builtin),
+        (None, Some(builtin), false) => Kind::DatagramBuiltin(builtin),
+        _ if service.spec.wait => Kind::Wait,
+        (_, _, true) => Kind::StreamExec,
+        (_, _, false) => Kind::DatagramExec,
+    }
+}
+
+/// A bound listening socket: stream (tcp, unix) or datagram (udp).
+enum Bound {
+    Stream(Socket),
+    Datagram(std::net::UdpSocket),
+}
+
+impl AsRawFd for Bound {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Bound::Stream(socket) => socket.as_raw_fd(),
+            Bound::Datagram(socket) => socket.as_raw_fd(),
+        }
+    }
+}
+
+impl Bound {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Bound::Stream(socket) => socket.set_nonblocking(on),
+            Bound::Datagram(socket) => socket.set_nonblocking(on),
+        }
+    }
+}
+
 struct Listener {
-    address: SocketAddr,
+    endpoint: Endpoint,
     token: Token,
-    socket: Option<Socket>,
-    /// The address really bound (port 0 resolved), once bound.
+    socket: Option<Bound>,
+    /// The IP address really bound (port 0 resolved), once bound.
     bound: Option<SocketAddr>,
 }
 
@@ -59,7 +125,9 @@ struct Counters {
 
 struct ServiceState {
     service: Service,
+    kind: Kind,
     listeners: Vec<Listener>,
+    /// Handlers, builtin connections and connections still sending their PROXY header.
     running: u32,
     per_source: HashMap<IpAddr, u32>,
     /// Accept times inside the current rate_limit window.
@@ -67,6 +135,8 @@ struct ServiceState {
     paused: Option<(Instant, PauseReason)>,
     /// At max_children (the pause is logged once, and so is the resume).
     full: bool,
+    /// `wait: true`: the handler that holds the socket now.
+    waiting: Option<Pid>,
     /// A backoff has been logged and nothing has succeeded since: log the next one quietly.
     backoff_logged: bool,
     counters: Counters,
@@ -79,7 +149,7 @@ impl ServiceState {
 
     fn can_accept(&self) -> bool {
         let max = self.service.spec.max_children;
-        self.paused.is_none() && (max == 0 || self.running < max)
+        self.paused.is_none() && self.waiting.is_none() && (max == 0 || self.running < max)
     }
 
     /// Why a client is turned away, if it is: `no_access` wins over `only_from`.
@@ -97,12 +167,50 @@ impl ServiceState {
         }
         None
     }
+
+    fn refuse(&mut self, client: &str, reason: &'static str) {
+        *self.counters.refused.entry(reason).or_default() += 1;
+        info!("{}: refused client={client} reason={reason}", self.label());
+    }
+}
+
+/// A datagram as `wait: true` first saw it, to recognise it if the handler leaves it unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    sender: SocketAddr,
+    len: usize,
+    hash: u64,
+}
+
+impl Fingerprint {
+    fn of(sender: SocketAddr, datagram: &[u8]) -> Fingerprint {
+        let mut hasher = DefaultHasher::new();
+        datagram.hash(&mut hasher);
+        Fingerprint {
+            sender,
+            len: datagram.len(),
+            hash: hasher.finish(),
+        }
+    }
+}
+
+enum Role {
+    /// A stream connection's handler.
+    Connection,
+    /// A `wait: true` handler holding listener `index`.
+    Wait {
+        index: usize,
+        trigger: Option<Fingerprint>,
+    },
+    /// A datagram's handler; its reply is collected under `reply`.
+    Datagram { reply: Token },
 }
 
 struct Child {
     service: usize,
     started: Instant,
-    client: IpAddr,
+    client: Option<IpAddr>,
+    role: Role,
 }
 
 /// The reading end of a handler's output pipe.
@@ -116,6 +224,9 @@ struct Output {
 enum Source {
     Listener { service: usize, index: usize },
     Output(Output),
+    Builtin(BuiltinConnection),
+    Proxy(PendingProxy),
+    Reply(Reply),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,6 +235,7 @@ enum Timer {
     Timeout { pid: i32, started: Instant },
     Kill { pid: i32, started: Instant },
     RetryBind { service: usize, index: usize },
+    ProxyDeadline { token: Token },
     StopDeadline,
 }
 
@@ -135,9 +247,13 @@ pub struct Server {
     next_token: usize,
     children: HashMap<Pid, Child>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Sources that stopped only because their turn was over: served again before sleeping.
+    again: VecDeque<Token>,
     inherited: Inherited,
     /// The output pipe for the next handler, made before its connection is accepted.
     spare_pipe: Option<OutputPipe>,
+    /// xorshift state for chargen's datagram lengths.
+    random: u32,
     stopping: Option<Instant>,
 }
 
@@ -146,6 +262,10 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
 }
 
 /// A measured duration, to the millisecond: `0.004s`.
@@ -170,6 +290,31 @@ fn describe(status: WaitStatus) -> Option<(Pid, String)> {
     }
 }
 
+/// `REMOTE_*`/`LOCAL_*` (and for TCP the UCSPI `TCP*` names) of the contract, in its order.
+fn address_vars(
+    protocol: Protocol,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> Vec<(&'static str, String)> {
+    let (remote_ip, remote_port) = (remote.ip().to_string(), remote.port().to_string());
+    let (local_ip, local_port) = (local.ip().to_string(), local.port().to_string());
+    let mut vars = vec![
+        ("REMOTE_ADDR", remote_ip.clone()),
+        ("REMOTE_PORT", remote_port.clone()),
+        ("LOCAL_ADDR", local_ip.clone()),
+        ("LOCAL_PORT", local_port.clone()),
+    ];
+    if protocol == Protocol::Tcp {
+        vars.extend([
+            ("TCPREMOTEIP", remote_ip),
+            ("TCPREMOTEPORT", remote_port),
+            ("TCPLOCALIP", local_ip),
+            ("TCPLOCALPORT", local_port),
+        ]);
+    }
+    vars
+}
+
 impl Server {
     pub fn new(services: Vec<Service>, original_nofile: (u64, u64)) -> io::Result<Server> {
         let poll = Poll::new()?;
@@ -187,22 +332,25 @@ impl Server {
             next_token: SIGNAL_TOKEN.0 + 1,
             children: HashMap::new(),
             timers: BinaryHeap::new(),
+            again: VecDeque::new(),
             inherited,
             spare_pipe: None,
+            random: std::process::id() | 1,
             stopping: None,
         };
         for service in services {
             let listeners = service
                 .listen
                 .iter()
-                .map(|address| Listener {
-                    address: *address,
+                .map(|endpoint| Listener {
+                    endpoint: endpoint.clone(),
                     token: server.new_token(),
                     socket: None,
                     bound: None,
                 })
                 .collect();
             server.services.push(ServiceState {
+                kind: kind_of(&service),
                 service,
                 listeners,
                 running: 0,
@@ -210,6 +358,7 @@ impl Server {
                 window: VecDeque::new(),
                 paused: None,
                 full: false,
+                waiting: None,
                 backoff_logged: false,
                 counters: Counters::default(),
             });
@@ -225,6 +374,19 @@ impl Server {
 
     fn schedule(&mut self, at: Instant, timer: Timer) {
         self.timers.push(Reverse((at, timer)));
+    }
+
+    fn register(&self, fd: &impl AsRawFd, token: Token, interest: Interest) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd.as_raw_fd()), token, interest)
+    }
+
+    fn deregister(&self, fd: &impl AsRawFd) {
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&fd.as_raw_fd()));
     }
 
     /// Binds every listener, reports ready, and serves until SIGTERM/SIGINT has been handled.
@@ -247,10 +409,13 @@ impl Server {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((at, _))| at.saturating_duration_since(now));
+            let timeout = if self.again.is_empty() {
+                self.timers
+                    .peek()
+                    .map(|Reverse((at, _))| at.saturating_duration_since(now))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -265,6 +430,9 @@ impl Server {
                 } else {
                     self.ready(token);
                 }
+            }
+            for token in std::mem::take(&mut self.again) {
+                self.ready(token);
             }
             if signalled {
                 let pending = self.signals.drain();
@@ -281,31 +449,50 @@ impl Server {
     fn bind(&mut self, service: usize, index: usize) {
         let state = &mut self.services[service];
         let backlog = state.service.spec.backlog;
+        let datagram = state.service.spec.protocol == Protocol::Udp;
         let listener = &mut state.listeners[index];
-        let bound = bind_tcp(listener.address, backlog).and_then(|socket| {
-            let bound = local_address(&socket)?;
+        let bound = match &listener.endpoint {
+            Endpoint::Ip(address) if datagram => bind_udp(*address),
+            Endpoint::Ip(address) => bind_tcp(*address, backlog),
+            Endpoint::Unix(path) => {
+                let mode = state.service.spec.unix.as_ref().map_or(0o666, |u| u.mode);
+                bind_unix(path, mode, backlog)
+            }
+        };
+        let registered = bound.and_then(|socket| {
+            let address = match listener.endpoint {
+                Endpoint::Ip(_) => Some(local_address(&socket)?),
+                Endpoint::Unix(_) => None,
+            };
+            let socket = if datagram {
+                Bound::Datagram(socket.into())
+            } else {
+                Bound::Stream(socket)
+            };
             self.poll.registry().register(
                 &mut SourceFd(&socket.as_raw_fd()),
                 listener.token,
                 Interest::READABLE,
             )?;
-            Ok((socket, bound))
+            Ok((socket, address))
         });
-        match bound {
-            Ok((socket, bound)) => {
-                info!("{}: listening address={bound}", state.service.label);
+        match registered {
+            Ok((socket, address)) => {
+                let shown =
+                    address.map_or_else(|| listener.endpoint.to_string(), |a| a.to_string());
+                info!("{}: listening address={shown}", state.service.label);
                 listener.socket = Some(socket);
-                listener.bound = Some(bound);
+                listener.bound = address;
                 self.sources
                     .insert(listener.token, Source::Listener { service, index });
-                // Connections may have queued while the port was being retried.
-                self.accept_from(service, index);
+                // Clients may have queued while the port was being retried.
+                self.listener_ready(service, index);
             }
             Err(err) => {
                 warn!(
                     "{}: bind failed address={} error={err} retry={}s",
                     state.service.label,
-                    listener.address,
+                    listener.endpoint,
                     BIND_RETRY.as_secs()
                 );
                 self.schedule(
@@ -320,58 +507,42 @@ impl Server {
         match self.sources.get(&token) {
             Some(Source::Listener { service, index }) => {
                 let (service, index) = (*service, *index);
-                self.accept_from(service, index);
+                self.listener_ready(service, index);
             }
             Some(Source::Output(_)) => self.read_output(token),
+            Some(Source::Builtin(_)) => self.drive_builtin(token),
+            Some(Source::Proxy(_)) => self.read_proxy(token),
+            Some(Source::Reply(_)) => self.read_reply(token),
             None => {}
         }
     }
 
-    fn accept_all(&mut self, service: usize) {
+    fn listener_ready(&mut self, service: usize, index: usize) {
+        if self.stopping.is_some() {
+            return;
+        }
+        match self.services[service].kind {
+            Kind::StreamExec | Kind::StreamBuiltin(_) => self.accept_from(service, index),
+            Kind::DatagramExec => self.datagrams_to_handlers(service, index),
+            Kind::DatagramBuiltin(builtin) => self.datagrams_to_builtin(service, index, builtin),
+            Kind::Wait => self.hand_over(service, index),
+        }
+    }
+
+    /// Serves whatever waits on every listener of `service` (after a pause or a handler's exit).
+    fn service_ready(&mut self, service: usize) {
         for index in 0..self.services[service].listeners.len() {
-            self.accept_from(service, index);
+            self.listener_ready(service, index);
         }
     }
 
-    /// Accepts until the backlog is empty (edge-triggered) or a limit stops the service.
-    fn accept_from(&mut self, service: usize, index: usize) {
-        while self.stopping.is_none() && self.services[service].can_accept() {
-            if self.spare_pipe.is_none() {
-                match OutputPipe::new() {
-                    Ok(pipe) => self.spare_pipe = Some(pipe),
-                    Err(err) => {
-                        self.back_off(service, ACCEPT_BACKOFF, "accept failed", &err);
-                        return;
-                    }
-                }
-            }
-            let state = &self.services[service];
-            let Some(socket) = &state.listeners[index].socket else {
-                return;
-            };
-            match socket.accept() {
-                Ok((connection, peer)) => {
-                    if let Some(peer) = peer.as_socket() {
-                        self.connection(service, index, connection, peer);
-                    }
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(err)
-                    if err.kind() == io::ErrorKind::Interrupted
-                        || err.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(err) if is_resource_exhaustion(&err) => {
-                    self.back_off(service, ACCEPT_BACKOFF, "accept failed", &err);
-                    return;
-                }
-                Err(err) => {
-                    warn!("{}: accept failed error={err}", state.label());
-                    return;
-                }
-            }
-        }
-    }
-
-    fn back_off(&mut self, service: usize, delay: Duration, what: &str, err: &io::Error) {
+    fn back_off(
+        &mut self,
+        service: usize,
+        delay: Duration,
+        what: &str,
+        err: &dyn std::fmt::Display,
+    ) {
         let state = &mut self.services[service];
         if !state.backoff_logged {
             warn!(
@@ -386,9 +557,29 @@ impl Server {
         self.schedule(until, Timer::Resume { service });
     }
 
+    /// The output pipe for the next handler; running out of descriptors backs the service off.
+    fn take_pipe(&mut self, service: usize) -> Option<OutputPipe> {
+        match self.spare_pipe.take().map_or_else(OutputPipe::new, Ok) {
+            Ok(pipe) => Some(pipe),
+            Err(err) => {
+                self.back_off(service, ACCEPT_BACKOFF, "accept failed", &err);
+                None
+            }
+        }
+    }
+
+    /// Makes sure a pipe is ready before a connection or datagram is taken in.
+    fn prepare_pipe(&mut self, service: usize) -> bool {
+        if self.spare_pipe.is_none() {
+            self.spare_pipe = self.take_pipe(service);
+        }
+        self.spare_pipe.is_some()
+    }
+
     /// Counts an accept against `rate_limit`; the accept that fills the window starts a pause.
     fn count_for_rate_limit(&mut self, service: usize, now: Instant) {
         let state = &mut self.services[service];
+        state.counters.accepted += 1;
         let Some(limit) = state.service.spec.rate_limit else {
             return;
         };
@@ -413,68 +604,14 @@ impl Server {
         }
     }
 
-    fn connection(&mut self, service: usize, index: usize, connection: Socket, peer: SocketAddr) {
-        let now = Instant::now();
-        self.count_for_rate_limit(service, now);
+    /// One more handler or connection of `service`, from `client`.
+    fn occupy(&mut self, service: usize, client: Option<IpAddr>) {
         let state = &mut self.services[service];
-        state.counters.accepted += 1;
-        let client = peer.ip();
-        if let Some(reason) = state.refusal(client) {
-            *state.counters.refused.entry(reason).or_default() += 1;
-            info!("{}: refused client={peer} reason={reason}", state.label());
-            return;
-        }
-        let spec = &state.service.spec;
-        if spec.keepalive
-            && let Err(err) = connection.set_keepalive(true)
-        {
-            debug!("{}: SO_KEEPALIVE error={err}", state.label());
-        }
-        let bound = state.listeners[index]
-            .bound
-            .unwrap_or(state.listeners[index].address);
-        // A wildcard listener learns the local address per connection; others know it.
-        let local = if bound.ip().is_unspecified() {
-            connection
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .unwrap_or(bound)
-        } else {
-            bound
-        };
-        let ends = Endpoints {
-            remote: peer,
-            local,
-        };
-        // accept_from made the pipe before accepting; only a caller that skipped it lands here.
-        let pipe = self.spare_pipe.take().map_or_else(OutputPipe::new, Ok);
-        let spawned = pipe.and_then(|pipe| {
-            spawn(
-                &state.service.exec,
-                &connection,
-                &ends,
-                &self.inherited,
-                pipe,
-            )
-        });
-        drop(connection);
-        let spawned = match spawned {
-            Ok(spawned) => spawned,
-            Err(err) => {
-                self.services[service].counters.spawn_failures += 1;
-                self.back_off(service, FORK_BACKOFF, "fork failed", &err);
-                return;
-            }
-        };
-        let pid = spawned.pid;
-        state.backoff_logged = false;
         state.running += 1;
-        *state.per_source.entry(client).or_default() += 1;
-        info!("{}: accepted client={peer} pid={pid}", state.label());
-        let label = state.service.label.clone();
-        let timeout = spec.timeout;
-        let max = spec.max_children;
+        if let Some(client) = client {
+            *state.per_source.entry(client).or_default() += 1;
+        }
+        let max = state.service.spec.max_children;
         if max > 0 && state.running >= max && !state.full {
             state.full = true;
             info!(
@@ -483,12 +620,61 @@ impl Server {
                 state.running
             );
         }
+    }
+
+    /// One handler or connection fewer; a service that was full resumes.
+    fn release(&mut self, service: usize, client: Option<IpAddr>) {
+        let state = &mut self.services[service];
+        state.running = state.running.saturating_sub(1);
+        if let Some(client) = client
+            && let Some(count) = state.per_source.get_mut(&client)
+        {
+            *count -= 1;
+            if *count == 0 {
+                state.per_source.remove(&client);
+            }
+        }
+        let max = state.service.spec.max_children;
+        if state.full && (max == 0 || state.running < max) {
+            state.full = false;
+            info!("{}: resumed", state.label());
+            self.service_ready(service);
+        }
+    }
+
+    /// Forks a handler of `service` with `stdio`; records it and watches its output.
+    fn start_handler(
+        &mut self,
+        service: usize,
+        stdio: Stdio,
+        vars: &[(&str, String)],
+        client: Option<IpAddr>,
+        role: Role,
+    ) -> Option<Pid> {
+        let pipe = self.take_pipe(service)?;
+        let state = &self.services[service];
+        let plan = state.service.exec.as_ref()?;
+        let spawned = match spawn(plan, stdio, vars, &self.inherited, pipe) {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                self.services[service].counters.spawn_failures += 1;
+                self.back_off(service, FORK_BACKOFF, "fork failed", &err);
+                return None;
+            }
+        };
+        let now = Instant::now();
+        let pid = spawned.pid;
+        let label = state.service.label.clone();
+        let timeout = state.service.spec.timeout;
+        self.services[service].backoff_logged = false;
+        self.occupy(service, client);
         self.children.insert(
             pid,
             Child {
                 service,
                 started: now,
                 client,
+                role,
             },
         );
         if let Some(timeout) = timeout {
@@ -501,16 +687,80 @@ impl Server {
             );
         }
         self.watch_output(label, pid, spawned.output);
+        Some(pid)
+    }
+
+    /// `wait: true`: hands the socket of listener `index` to a handler, if something waits on it
+    /// and no handler holds it already.
+    fn hand_over(&mut self, service: usize, index: usize) {
+        let state = &self.services[service];
+        if !state.can_accept() {
+            return;
+        }
+        let trigger = match &state.listeners[index].socket {
+            Some(Bound::Datagram(_)) => match self.first_datagram(service, index) {
+                Some(trigger) => Some(trigger),
+                None => return,
+            },
+            Some(Bound::Stream(socket)) if readable_now(socket) => None,
+            _ => return,
+        };
+        let state = &self.services[service];
+        let Some(socket) = &state.listeners[index].socket else {
+            return;
+        };
+        let fd = socket.as_raw_fd();
+        let vars = [
+            ("LISTEN_FDS", "1".to_string()),
+            ("LISTEN_FDNAMES", state.service.spec.name.clone()),
+        ];
+        if let Some(pid) = self.start_handler(
+            service,
+            Stdio::Listening(fd),
+            &vars,
+            None,
+            Role::Wait { index, trigger },
+        ) {
+            let state = &mut self.services[service];
+            state.waiting = Some(pid);
+            info!("{}: handed over pid={pid}", state.label());
+        }
+    }
+
+    /// A `wait: true` handler has exited: take the socket back, drop the datagram that started
+    /// the handler if it left it unread, and serve what waits.
+    fn wait_ended(
+        &mut self,
+        service: usize,
+        index: usize,
+        trigger: Option<Fingerprint>,
+        failed_fast: bool,
+    ) {
+        let state = &mut self.services[service];
+        state.waiting = None;
+        if let Some(socket) = &state.listeners[index].socket {
+            // The handler shared the socket's file description and made it blocking.
+            let _ = socket.set_nonblocking(true);
+            if let (Some(trigger), Bound::Datagram(socket)) = (trigger, socket)
+                && datagram::peek_fingerprint(socket) == Some(trigger)
+            {
+                let _ = datagram::discard_one(socket);
+                warn!(
+                    "{}: dropped the datagram from {} the handler left unread",
+                    state.label(),
+                    trigger.sender
+                );
+            }
+        }
+        if failed_fast && trigger.is_none() {
+            let err = "the handler failed at once";
+            self.back_off(service, WAIT_RESTART_DELAY, "wait handler failed", &err);
+        }
     }
 
     fn watch_output(&mut self, label: String, pid: Pid, output: OwnedFd) {
         let token = self.new_token();
-        let registered = self.poll.registry().register(
-            &mut SourceFd(&output.as_raw_fd()),
-            token,
-            Interest::READABLE,
-        );
-        match registered {
+        match self.register(&output, token, Interest::READABLE) {
             Ok(()) => {
                 let output = Output {
                     label,
@@ -544,7 +794,7 @@ impl Server {
                         log_output_line(output, &line);
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(err) if would_block(&err) => break false,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break true,
             }
@@ -554,11 +804,9 @@ impl Server {
                 let line = std::mem::take(&mut output.partial);
                 log_output_line(output, &line);
             }
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&output.pipe.as_raw_fd()));
-            self.sources.remove(&token);
+            if let Some(Source::Output(output)) = self.sources.remove(&token) {
+                self.deregister(&output.pipe);
+            }
         }
     }
 
@@ -599,23 +847,25 @@ impl Server {
         let Some(child) = self.children.remove(&pid) else {
             return;
         };
-        let state = &mut self.services[child.service];
-        state.running -= 1;
-        if let Some(count) = state.per_source.get_mut(&child.client) {
-            *count -= 1;
-            if *count == 0 {
-                state.per_source.remove(&child.client);
-            }
-        }
+        let elapsed = child.started.elapsed();
         info!(
             "{}: exited pid={pid} status={status} duration={}",
-            state.label(),
-            seconds(child.started.elapsed())
+            self.services[child.service].label(),
+            seconds(elapsed)
         );
-        if state.full && state.can_accept() {
-            state.full = false;
-            info!("{}: resumed", state.label());
-            self.accept_all(child.service);
+        match child.role {
+            Role::Connection => {}
+            Role::Wait { index, trigger } => {
+                let failed_fast = status != "0" && elapsed < WAIT_RESTART_DELAY;
+                self.wait_ended(child.service, index, trigger, failed_fast);
+            }
+            Role::Datagram { reply } => self.send_reply(reply),
+        }
+        let was_full = self.services[child.service].full;
+        self.release(child.service, child.client);
+        // A datagram or wait service may have input waiting that no new event will announce.
+        if !was_full && !matches!(self.services[child.service].kind, Kind::StreamExec) {
+            self.service_ready(child.service);
         }
     }
 
@@ -635,6 +885,7 @@ impl Server {
                         self.bind(service, index);
                     }
                 }
+                Timer::ProxyDeadline { token } => self.proxy_deadline(token),
                 Timer::StopDeadline => self.kill_remaining(),
             }
         }
@@ -648,7 +899,7 @@ impl Server {
                 if reason == PauseReason::RateLimit {
                     info!("{}: resumed", state.label());
                 }
-                self.accept_all(service);
+                self.service_ready(service);
             }
             _ => {}
         }
@@ -685,7 +936,8 @@ impl Server {
         }
     }
 
-    /// SIGTERM/SIGINT: close every listener, SIGTERM every handler, wait up to STOP_GRACE.
+    /// SIGTERM/SIGINT: close every listener and builtin connection, SIGTERM every handler, wait
+    /// up to STOP_GRACE.
     fn stop(&mut self) {
         info!("stopping handlers={}", self.children.len());
         let now = Instant::now();
@@ -698,9 +950,14 @@ impl Server {
                         .registry()
                         .deregister(&mut SourceFd(&socket.as_raw_fd()));
                     self.sources.remove(&listener.token);
+                    if let Endpoint::Unix(path) = &listener.endpoint {
+                        let _ = std::fs::remove_file(path);
+                    }
                 }
             }
         }
+        self.sources
+            .retain(|_, source| matches!(source, Source::Output(_) | Source::Reply(_)));
         for pid in self.children.keys() {
             let _ = kill(*pid, Signal::SIGTERM);
         }
@@ -729,10 +986,15 @@ impl Server {
             let bound: Vec<String> = state
                 .listeners
                 .iter()
-                .map(|l| l.bound.unwrap_or(l.address).to_string())
+                .map(|l| {
+                    l.bound
+                        .map_or_else(|| l.endpoint.to_string(), |a| a.to_string())
+                })
                 .collect();
             let phase = if state.listeners.iter().all(|l| l.socket.is_none()) {
                 "failed".to_string()
+            } else if let Some(pid) = state.waiting {
+                format!("waiting pid={pid}")
             } else if let Some((until, _)) = state.paused {
                 format!(
                     "paused for={}",
@@ -760,6 +1022,14 @@ impl Server {
             );
         }
     }
+}
+
+/// Whether a listening socket has a connection waiting, without accepting it.
+fn readable_now(socket: &Socket) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 fn log_output_line(output: &Output, line: &[u8]) {

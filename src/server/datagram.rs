@@ -1,0 +1,285 @@
+//! Datagram services (udp): builtins answering each datagram inline, a handler per datagram with
+//! the datagram as its stdin and its stdout sent back as the reply, and the first-datagram
+//! bookkeeping of `wait: true`.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Instant, SystemTime};
+
+use log::{debug, info, warn};
+use mio::{Interest, Token};
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
+
+use super::{
+    ACCEPT_BACKOFF, Bound, Fingerprint, Role, Server, Source, address_vars, is_resource_exhaustion,
+    would_block,
+};
+use crate::builtin::{self, LOOP_PORTS};
+use crate::config::Builtin;
+use crate::spawn::Stdio;
+
+/// The largest UDP payload over IPv4, and so the largest reply a handler may send.
+pub(super) const MAX_REPLY: usize = 65_507;
+/// Big enough for any datagram.
+const MAX_DATAGRAM: usize = 65_536;
+
+/// A per-datagram handler's stdout, collected until it exits and then sent to `peer`.
+pub(super) struct Reply {
+    service: usize,
+    index: usize,
+    peer: SocketAddr,
+    pipe: File,
+    data: Vec<u8>,
+    truncated: bool,
+}
+
+/// One datagram off `socket`, or None when there is none (or it failed: logged by the caller's
+/// next attempt).
+fn receive(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr)>> {
+    loop {
+        match socket.recv_from(buf) {
+            Ok(got) => return Ok(Some(got)),
+            Err(err) if would_block(&err) => return Ok(None),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The first datagram in the queue, as a fingerprint, without taking it.
+pub(super) fn peek_fingerprint(socket: &UdpSocket) -> Option<Fingerprint> {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let (len, sender) = socket.peek_from(&mut buf).ok()?;
+    Some(Fingerprint::of(sender, &buf[..len]))
+}
+
+pub(super) fn discard_one(socket: &UdpSocket) -> io::Result<usize> {
+    socket.recv(&mut [0u8; 1])
+}
+
+impl Server {
+    fn udp_socket(&self, service: usize, index: usize) -> Option<&UdpSocket> {
+        match self.services[service]
+            .listeners
+            .get(index)?
+            .socket
+            .as_ref()?
+        {
+            Bound::Datagram(socket) => Some(socket),
+            Bound::Stream(_) => None,
+        }
+    }
+
+    /// Builtins answer each datagram at once; datagrams from the ports of other answering
+    /// services are dropped (echo ↔ chargen loops).
+    pub(super) fn datagrams_to_builtin(&mut self, service: usize, index: usize, builtin: Builtin) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        for _ in 0..super::TURN {
+            if self.stopping.is_some() || !self.services[service].can_accept() {
+                return;
+            }
+            let Some(socket) = self.udp_socket(service, index) else {
+                return;
+            };
+            let (len, peer) = match receive(socket, &mut buf) {
+                Ok(Some(got)) => got,
+                Ok(None) => return,
+                Err(err) => {
+                    warn!(
+                        "{}: receive failed error={err}",
+                        self.services[service].label()
+                    );
+                    return;
+                }
+            };
+            if LOOP_PORTS.contains(&peer.port()) {
+                debug!(
+                    "{}: dropped a datagram from port {} (loop protection)",
+                    self.services[service].label(),
+                    peer.port()
+                );
+                continue;
+            }
+            self.count_for_rate_limit(service, Instant::now());
+            let state = &mut self.services[service];
+            if let Some(reason) = state.refusal(peer.ip()) {
+                state.refuse(&peer.to_string(), reason);
+                continue;
+            }
+            self.random ^= self.random << 13;
+            self.random ^= self.random >> 17;
+            self.random ^= self.random << 5;
+            let reply =
+                builtin::datagram_reply(builtin, &buf[..len], SystemTime::now(), self.random);
+            if let (Some(reply), Some(socket)) = (reply, self.udp_socket(service, index)) {
+                // A full send buffer drops the reply, as the network could have.
+                let _ = socket.send_to(&reply, peer);
+            }
+        }
+        let token = self.services[service].listeners[index].token;
+        self.again.push_back(token);
+    }
+
+    /// `wait: false` udp: a handler per datagram, while max_children allows (beyond it the
+    /// datagrams wait in the socket's buffer).
+    pub(super) fn datagrams_to_handlers(&mut self, service: usize, index: usize) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        for _ in 0..super::TURN {
+            if self.stopping.is_some() || !self.services[service].can_accept() {
+                return;
+            }
+            if !self.prepare_pipe(service) {
+                return;
+            }
+            let Some(socket) = self.udp_socket(service, index) else {
+                return;
+            };
+            let local = self.services[service].listeners[index].bound;
+            let (len, peer) = match receive(socket, &mut buf) {
+                Ok(Some(got)) => got,
+                Ok(None) => return,
+                Err(err) => {
+                    warn!(
+                        "{}: receive failed error={err}",
+                        self.services[service].label()
+                    );
+                    return;
+                }
+            };
+            self.count_for_rate_limit(service, Instant::now());
+            let state = &mut self.services[service];
+            if let Some(reason) = state.refusal(peer.ip()) {
+                state.refuse(&peer.to_string(), reason);
+                continue;
+            }
+            let local = local.unwrap_or(peer);
+            if let Err(err) = self.handle_datagram(service, index, &buf[..len], peer, local) {
+                if is_resource_exhaustion(&err) {
+                    self.back_off(service, ACCEPT_BACKOFF, "datagram dropped", &err);
+                } else {
+                    warn!(
+                        "{}: datagram dropped error={err}",
+                        self.services[service].label()
+                    );
+                }
+                return;
+            }
+        }
+        let token = self.services[service].listeners[index].token;
+        self.again.push_back(token);
+    }
+
+    /// Starts a handler with `datagram` as its whole stdin and a pipe as its stdout.
+    fn handle_datagram(
+        &mut self,
+        service: usize,
+        index: usize,
+        datagram: &[u8],
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> io::Result<()> {
+        // A pipe holds 64 KiB, more than any datagram: the write cannot block.
+        let (request, request_writer) = pipe2(OFlag::O_CLOEXEC)?;
+        File::from(request_writer).write_all(datagram)?;
+        let (reply, reply_writer) = pipe2(OFlag::O_CLOEXEC)?;
+        nix::fcntl::fcntl(&reply, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        let token = self.new_token();
+        let vars = address_vars(self.services[service].service.spec.protocol, peer, local);
+        let stdio = Stdio::Datagram {
+            request: request.as_raw_fd(),
+            reply: reply_writer.as_raw_fd(),
+        };
+        let role = Role::Datagram { reply: token };
+        let Some(pid) = self.start_handler(service, stdio, &vars, Some(peer.ip()), role) else {
+            return Ok(());
+        };
+        drop((request, reply_writer));
+        info!(
+            "{}: accepted client={peer} bytes={} pid={pid}",
+            self.services[service].label(),
+            datagram.len()
+        );
+        self.register(&reply, token, Interest::READABLE)?;
+        let collector = Reply {
+            service,
+            index,
+            peer,
+            pipe: File::from(reply),
+            data: Vec::new(),
+            truncated: false,
+        };
+        self.sources.insert(token, Source::Reply(collector));
+        Ok(())
+    }
+
+    /// Collects what the handler writes (reading as it comes, so a handler writing more than a
+    /// pipe holds is not stuck); beyond MAX_REPLY it is read and dropped.
+    pub(super) fn read_reply(&mut self, token: Token) {
+        let Some(Source::Reply(reply)) = self.sources.get_mut(&token) else {
+            return;
+        };
+        if collect(reply) {
+            let fd = reply.pipe.as_raw_fd();
+            self.deregister(&fd);
+        }
+    }
+
+    /// The handler has exited: send what it wrote, if anything, as one datagram.
+    pub(super) fn send_reply(&mut self, token: Token) {
+        let Some(Source::Reply(mut reply)) = self.sources.remove(&token) else {
+            return;
+        };
+        collect(&mut reply);
+        self.deregister(&reply.pipe);
+        let label = self.services[reply.service].label().to_string();
+        if reply.truncated {
+            warn!("{label}: reply to {} cut to {MAX_REPLY} bytes", reply.peer);
+        }
+        if reply.data.is_empty() {
+            return;
+        }
+        if let Some(socket) = self.udp_socket(reply.service, reply.index)
+            && let Err(err) = socket.send_to(&reply.data, reply.peer)
+        {
+            warn!("{label}: reply to {} failed error={err}", reply.peer);
+        }
+    }
+
+    /// `wait: true` udp: the first datagram nobody refuses (refused ones are taken and dropped).
+    pub(super) fn first_datagram(&mut self, service: usize, index: usize) -> Option<Fingerprint> {
+        loop {
+            let fingerprint = peek_fingerprint(self.udp_socket(service, index)?)?;
+            let state = &mut self.services[service];
+            match state.refusal(fingerprint.sender.ip()) {
+                None => {
+                    self.count_for_rate_limit(service, Instant::now());
+                    return Some(fingerprint);
+                }
+                Some(reason) => {
+                    state.refuse(&fingerprint.sender.to_string(), reason);
+                    discard_one(self.udp_socket(service, index)?).ok()?;
+                }
+            }
+        }
+    }
+}
+
+/// Reads what is there; true at end of file.
+fn collect(reply: &mut Reply) -> bool {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match reply.pipe.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                let room = MAX_REPLY - reply.data.len();
+                reply.truncated |= n > room;
+                reply.data.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
