@@ -8,6 +8,7 @@ mod config;
 mod daemon;
 mod listener;
 mod logging;
+mod notify;
 mod proxy;
 mod resolve;
 mod server;
@@ -142,7 +143,23 @@ fn main() -> ExitCode {
             Ok(())
         })
     };
-    let outcome = server.run(on_ready);
+    // Reloads read the same file even after detaching has changed the working directory.
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    let format = cli.format;
+    let reload = Box::new(move || {
+        load(&path, format).map(|(services, _, warnings)| {
+            for warning in warnings {
+                warn!("{warning}");
+            }
+            services
+        })
+    });
+    let hooks = server::Hooks {
+        on_ready,
+        load: reload,
+        notifier: notify::Notifier::from_env(),
+    };
+    let outcome = server.run(hooks);
     if let Some(path) = &pidfile {
         let _ = std::fs::remove_file(path);
     }

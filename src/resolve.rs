@@ -42,7 +42,7 @@ pub struct ExecPlan {
 }
 
 /// Where a service listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     Ip(SocketAddr),
     Unix(PathBuf),

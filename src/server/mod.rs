@@ -4,6 +4,7 @@
 //! in `datagram.rs`; handing a socket to a `wait: true` handler is here, shared by both.
 
 mod datagram;
+mod reload;
 mod stream;
 
 use std::cmp::Reverse;
@@ -15,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{Signal, kill, killpg};
@@ -26,8 +27,9 @@ use socket2::Socket;
 use crate::child::REPORT_PREFIX;
 use crate::config::{Builtin, Protocol};
 use crate::listener::{bind_tcp, bind_udp, bind_unix, local_address};
+use crate::notify::Notifier;
 use crate::resolve::{Endpoint, Service};
-use crate::signals::{self, Pending, Signals};
+use crate::signals::{self, Signals};
 use crate::spawn::{Inherited, OutputPipe, Stdio, spawn};
 
 use datagram::Reply;
@@ -140,16 +142,38 @@ struct ServiceState {
     /// A backoff has been logged and nothing has succeeded since: log the next one quietly.
     backoff_logged: bool,
     counters: Counters,
+    /// Removed by a reload: no listener, kept only until its last handler has exited.
+    retired: bool,
 }
 
 impl ServiceState {
+    fn new(service: Service, listeners: Vec<Listener>) -> ServiceState {
+        ServiceState {
+            kind: kind_of(&service),
+            service,
+            listeners,
+            running: 0,
+            per_source: HashMap::new(),
+            window: VecDeque::new(),
+            paused: None,
+            full: false,
+            waiting: None,
+            backoff_logged: false,
+            counters: Counters::default(),
+            retired: false,
+        }
+    }
+
     fn label(&self) -> &str {
         &self.service.label
     }
 
     fn can_accept(&self) -> bool {
         let max = self.service.spec.max_children;
-        self.paused.is_none() && self.waiting.is_none() && (max == 0 || self.running < max)
+        !self.retired
+            && self.paused.is_none()
+            && self.waiting.is_none()
+            && (max == 0 || self.running < max)
     }
 
     /// Why a client is turned away, if it is: `no_access` wins over `only_from`.
@@ -231,12 +255,37 @@ enum Source {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Resume { service: usize },
-    Timeout { pid: i32, started: Instant },
-    Kill { pid: i32, started: Instant },
-    RetryBind { service: usize, index: usize },
-    ProxyDeadline { token: Token },
+    Resume {
+        service: usize,
+    },
+    Timeout {
+        pid: i32,
+        started: Instant,
+    },
+    Kill {
+        pid: i32,
+        started: Instant,
+    },
+    /// Keyed by the listener's token, which survives reloads (indices may not).
+    RetryBind {
+        token: Token,
+    },
+    ProxyDeadline {
+        token: Token,
+    },
     StopDeadline,
+}
+
+/// Reads, checks and resolves the table again: the services, or every error as a line.
+pub type Loader = Box<dyn FnMut() -> Result<Vec<Service>, Vec<String>>>;
+
+/// What the server needs from its surroundings.
+pub struct Hooks {
+    /// Called once every listener has been tried: writes the pidfile, releases the
+    /// daemonizing parent. An error here stops rinetd.
+    pub on_ready: Box<dyn FnOnce() -> Result<(), String>>,
+    pub load: Loader,
+    pub notifier: Notifier,
 }
 
 pub struct Server {
@@ -349,21 +398,23 @@ impl Server {
                     bound: None,
                 })
                 .collect();
-            server.services.push(ServiceState {
-                kind: kind_of(&service),
-                service,
-                listeners,
-                running: 0,
-                per_source: HashMap::new(),
-                window: VecDeque::new(),
-                paused: None,
-                full: false,
-                waiting: None,
-                backoff_logged: false,
-                counters: Counters::default(),
-            });
+            server.services.push(ServiceState::new(service, listeners));
         }
         Ok(server)
+    }
+
+    /// The service and index of the listener with `token`, if it still exists and is unbound.
+    fn unbound_listener(&self, token: Token) -> Option<(usize, usize)> {
+        self.services
+            .iter()
+            .enumerate()
+            .find_map(|(service, state)| {
+                let index = state
+                    .listeners
+                    .iter()
+                    .position(|l| l.token == token && l.socket.is_none())?;
+                Some((service, index))
+            })
     }
 
     fn new_token(&mut self) -> Token {
@@ -390,7 +441,12 @@ impl Server {
     }
 
     /// Binds every listener, reports ready, and serves until SIGTERM/SIGINT has been handled.
-    pub fn run(mut self, on_ready: Box<dyn FnOnce() -> Result<(), String>>) -> Result<(), String> {
+    pub fn run(mut self, hooks: Hooks) -> Result<(), String> {
+        let Hooks {
+            on_ready,
+            mut load,
+            notifier,
+        } = hooks;
         for service in 0..self.services.len() {
             for index in 0..self.services[service].listeners.len() {
                 self.bind(service, index);
@@ -406,6 +462,7 @@ impl Server {
             "ready services={} listeners={listeners}",
             self.services.len()
         );
+        notifier.ready();
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
@@ -436,7 +493,21 @@ impl Server {
             }
             if signalled {
                 let pending = self.signals.drain();
-                self.on_signals(pending);
+                if pending.child {
+                    self.reap();
+                }
+                if pending.stop && self.stopping.is_none() {
+                    notifier.stopping();
+                    self.stop();
+                }
+                if pending.reload && self.stopping.is_none() {
+                    notifier.reloading();
+                    self.reload(&mut load);
+                    notifier.ready();
+                }
+                if pending.status {
+                    self.status();
+                }
             }
             self.fire_timers();
             if self.stopping.is_some() && self.children.is_empty() {
@@ -495,10 +566,8 @@ impl Server {
                     listener.endpoint,
                     BIND_RETRY.as_secs()
                 );
-                self.schedule(
-                    Instant::now() + BIND_RETRY,
-                    Timer::RetryBind { service, index },
-                );
+                let token = listener.token;
+                self.schedule(Instant::now() + BIND_RETRY, Timer::RetryBind { token });
             }
         }
     }
@@ -810,18 +879,22 @@ impl Server {
         }
     }
 
-    fn on_signals(&mut self, pending: Pending) {
-        if pending.child {
-            self.reap();
-        }
-        if pending.stop && self.stopping.is_none() {
-            self.stop();
-        }
-        if pending.reload {
-            warn!("SIGHUP: reload is not implemented yet; the table is unchanged");
-        }
-        if pending.status {
-            self.status();
+    /// Reads and checks the whole table; any error keeps the running one exactly as it is.
+    fn reload(&mut self, load: &mut Loader) {
+        info!("reloading");
+        match load() {
+            Ok(services) => {
+                self.reconcile(services);
+            }
+            Err(errors) => {
+                for error in &errors {
+                    error!("reload: {error}");
+                }
+                error!(
+                    "reload failed errors={}; the running table is unchanged",
+                    errors.len()
+                );
+            }
         }
     }
 
@@ -880,8 +953,10 @@ impl Server {
                 Timer::Resume { service } => self.resume(service, now),
                 Timer::Timeout { pid, started } => self.timeout(Pid::from_raw(pid), started, now),
                 Timer::Kill { pid, started } => self.kill_group(Pid::from_raw(pid), started),
-                Timer::RetryBind { service, index } => {
-                    if self.stopping.is_none() {
+                Timer::RetryBind { token } => {
+                    if self.stopping.is_none()
+                        && let Some((service, index)) = self.unbound_listener(token)
+                    {
                         self.bind(service, index);
                     }
                 }
@@ -991,7 +1066,9 @@ impl Server {
                         .map_or_else(|| l.endpoint.to_string(), |a| a.to_string())
                 })
                 .collect();
-            let phase = if state.listeners.iter().all(|l| l.socket.is_none()) {
+            let phase = if state.retired {
+                "retired".to_string()
+            } else if state.listeners.iter().all(|l| l.socket.is_none()) {
                 "failed".to_string()
             } else if let Some(pid) = state.waiting {
                 format!("waiting pid={pid}")

@@ -1,0 +1,175 @@
+//! SIGHUP: applies a new, fully checked table to the running server. Listeners are matched by
+//! identity (protocol + address + port, or path): a socket that stays is never closed or
+//! re-bound, a service keeps its running handlers, counts and wait state, and a removed
+//! service is retired only once its last handler has exited. Nothing is killed.
+
+use std::collections::{HashMap, HashSet};
+
+use log::info;
+
+use super::{Bound, Listener, Server, ServiceState, Source, kind_of};
+use crate::config::{Handler, Pos, Protocol, ServiceSpec};
+use crate::resolve::{Endpoint, Service};
+
+/// What a reload did, for its log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub kept: usize,
+}
+
+/// A listener's identity across reloads: protocol and address + port (or path). An ephemeral
+/// port (0) says nothing about which socket it was, so such a listener also needs the same
+/// service name.
+type Identity = (Protocol, Endpoint, Option<String>);
+
+fn identity(protocol: Protocol, endpoint: &Endpoint, service: &str) -> Identity {
+    let ephemeral = matches!(endpoint, Endpoint::Ip(address) if address.port() == 0);
+    (
+        protocol,
+        endpoint.clone(),
+        ephemeral.then(|| service.to_string()),
+    )
+}
+
+/// The settings of a service with where they were written left out: moving a service down
+/// the file does not change it.
+fn settings(spec: &ServiceSpec) -> ServiceSpec {
+    let mut spec = spec.clone();
+    let nowhere = Pos::default();
+    spec.pos = nowhere;
+    spec.port_pos = nowhere;
+    if let Handler::Server { pos, .. } = &mut spec.handler {
+        *pos = nowhere;
+    }
+    for id in [&mut spec.user, &mut spec.group].into_iter().flatten() {
+        id.1 = nowhere;
+    }
+    if let Some(unix) = &mut spec.unix {
+        unix.pos = nowhere;
+    }
+    spec
+}
+
+impl Server {
+    /// Reconciles the live table with `services`; returns what changed.
+    pub(super) fn reconcile(&mut self, services: Vec<Service>) -> Summary {
+        let mut summary = Summary::default();
+        // Every bound socket, by identity, with the service that held it.
+        let mut sockets: HashMap<Identity, (usize, Listener)> = HashMap::new();
+        let previous_count = self.services.len();
+        for (index, state) in self.services.iter_mut().enumerate() {
+            let protocol = state.service.spec.protocol;
+            for listener in state.listeners.drain(..) {
+                let key = identity(protocol, &listener.endpoint, &state.service.spec.name);
+                sockets.insert(key, (index, listener));
+            }
+        }
+        let mut by_name: HashMap<String, usize> = self
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.retired)
+            .map(|(i, s)| (s.service.spec.name.clone(), i))
+            .collect();
+        let mut carried = HashSet::new();
+        for service in services {
+            let protocol = service.spec.protocol;
+            // The same service is the one of the same name, else the one whose socket it takes.
+            let previous = by_name.remove(&service.spec.name).or_else(|| {
+                service.listen.iter().find_map(|endpoint| {
+                    let key = identity(protocol, endpoint, &service.spec.name);
+                    let (index, _) = sockets.get(&key)?;
+                    (!carried.contains(index) && !self.services[*index].retired).then_some(*index)
+                })
+            });
+            let listeners: Vec<Listener> = service
+                .listen
+                .iter()
+                .map(|endpoint| {
+                    match sockets.remove(&identity(protocol, endpoint, &service.spec.name)) {
+                        Some((_, listener)) => listener,
+                        None => Listener {
+                            endpoint: endpoint.clone(),
+                            token: self.new_token(),
+                            socket: None,
+                            bound: None,
+                        },
+                    }
+                })
+                .collect();
+            match previous.filter(|index| carried.insert(*index)) {
+                Some(index) => {
+                    let state = &mut self.services[index];
+                    if settings(&state.service.spec) == settings(&service.spec)
+                        && state.service.listen == service.listen
+                    {
+                        summary.kept += 1;
+                    } else {
+                        summary.changed += 1;
+                    }
+                    state.kind = kind_of(&service);
+                    state.service = service;
+                    state.listeners = listeners;
+                    let max = state.service.spec.max_children;
+                    state.full = max > 0 && state.running >= max;
+                }
+                None => {
+                    summary.added += 1;
+                    self.services.push(ServiceState::new(service, listeners));
+                }
+            }
+        }
+        for (index, state) in self.services[..previous_count].iter_mut().enumerate() {
+            if !state.retired && !carried.contains(&index) {
+                state.retired = true;
+                summary.removed += 1;
+            }
+        }
+        // Sockets no service wants any more.
+        for (_, (_, listener)) in sockets {
+            if let Some(socket) = &listener.socket {
+                self.deregister(socket);
+                if let Endpoint::Unix(path) = &listener.endpoint {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        self.sources
+            .retain(|_, source| !matches!(source, Source::Listener { .. }));
+        let mut unbound = Vec::new();
+        for (service, state) in self.services.iter().enumerate() {
+            for (index, listener) in state.listeners.iter().enumerate() {
+                match &listener.socket {
+                    Some(socket) => {
+                        self.sources
+                            .insert(listener.token, Source::Listener { service, index });
+                        relisten(socket, state.service.spec.backlog);
+                    }
+                    None => unbound.push((service, index)),
+                }
+            }
+        }
+        for (service, index) in unbound {
+            self.bind(service, index);
+        }
+        for service in 0..self.services.len() {
+            self.service_ready(service);
+        }
+        info!(
+            "reloaded added={} changed={} removed={} kept={}",
+            summary.added, summary.changed, summary.removed, summary.kept
+        );
+        summary
+    }
+}
+
+/// A kept stream listener takes a changed backlog: listen(2) again on a listening socket only
+/// updates it.
+fn relisten(socket: &Bound, backlog: u32) {
+    if let Bound::Stream(socket) = socket {
+        let _ = socket.listen(backlog.min(i32::MAX as u32) as i32);
+    }
+}
