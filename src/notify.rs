@@ -23,10 +23,10 @@ impl Notifier {
     }
 
     fn send(&self, message: &str) {
-        if let Some((socket, address)) = &self.target {
-            if let Err(err) = socket.send_to_addr(message.as_bytes(), address) {
-                log::warn!("sd_notify failed error={err}");
-            }
+        if let Some((socket, address)) = &self.target
+            && let Err(err) = socket.send_to_addr(message.as_bytes(), address)
+        {
+            log::warn!("sd_notify failed error={err}");
         }
     }
 
