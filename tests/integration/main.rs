@@ -10,6 +10,7 @@ mod environment;
 mod limits;
 mod privileges;
 mod recovery;
+mod reload;
 mod robustness;
 mod stderr_modes;
 mod tcp;

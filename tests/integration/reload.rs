@@ -1,0 +1,182 @@
+//! SIGHUP reload: unchanged sockets stay open through any number of reloads, a bad table
+//! changes nothing, changes apply to the next connection, removed services close their port
+//! but keep their running handlers, and limits carry over.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::harness::{Daemon, LogLine, Service, TestDir, read_line, read_to_eof, services_yaml};
+
+/// Rewrites the table, sends SIGHUP, and waits for the reload's outcome line after `after`.
+fn reload(daemon: &Daemon, dir: &TestDir, yaml: &str, after: &LogLine, outcome: &str) -> LogLine {
+    dir.config(yaml);
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGHUP).expect("SIGHUP");
+    daemon.wait_for_line_after(after, outcome)
+}
+
+/// One request to 127.0.0.1:`port`, with bounded waits: the answer, or why there was none.
+fn try_request(port: u16) -> Result<String, String> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(answer)
+}
+
+fn refused(port: u16) -> bool {
+    TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err()
+}
+
+#[test]
+fn two_hundred_reloads_under_load_lose_no_connection() {
+    let dir = TestDir::new("reload-under-load");
+    let hello = dir.script("hello.sh", "echo hello");
+    let steady = Service::new("steady", &hello);
+    let daemon = Daemon::start(&dir, std::slice::from_ref(&steady));
+    let port = daemon.port("steady");
+    let mut last = daemon.wait_for_line("ready services=");
+    let stop = AtomicBool::new(false);
+    let served = AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    match try_request(port) {
+                        Ok(answer) if answer == "hello\n" => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            });
+        }
+        for round in 0..200 {
+            // Other services come and go around the one under load.
+            let mut services = vec![steady.clone()];
+            if round % 2 == 0 {
+                services.push(Service::new(&format!("extra{round}"), &hello));
+            }
+            services.push(Service::new(&format!("other{}", round % 3), &hello));
+            last = reload(&daemon, &dir, &services_yaml(&services), &last, "reloaded ");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(served.load(Ordering::Relaxed) > 0);
+    assert_eq!(daemon.port("steady"), port);
+}
+
+#[test]
+fn a_bad_table_keeps_the_old_one_running() {
+    let dir = TestDir::new("reload-bad");
+    let hello = dir.script("hello.sh", "echo hello");
+    let daemon = Daemon::start(&dir, &[Service::new("hello", &hello)]);
+    let port = daemon.port("hello");
+    let ready = daemon.wait_for_line("ready services=");
+    let bad = "services:\n  - name: hello\n    port: 0\n    sever: /bin/true\n";
+    let failed = reload(&daemon, &dir, bad, &ready, "reload failed errors=1");
+    assert!(
+        daemon
+            .lines()
+            .iter()
+            .any(|l| l.contains("unknown key \"sever\"")),
+        "the error itself is logged"
+    );
+    assert_eq!(try_request(port), Ok("hello\n".to_string()));
+    // A good table after the bad one applies normally.
+    let other = dir.script("other.sh", "echo other");
+    let good = services_yaml(&[Service::new("hello", &other)]);
+    reload(&daemon, &dir, &good, &failed, "reloaded ");
+    assert_eq!(try_request(port), Ok("other\n".to_string()));
+}
+
+#[test]
+fn a_changed_handler_serves_only_new_connections_and_removed_services_keep_their_handlers() {
+    let dir = TestDir::new("reload-changes");
+    // v1 answers only after its client has sent a line, so it is still running at the reload.
+    let v1 = dir.script("v1.sh", "read line\necho \"v1 $line\"");
+    let v2 = dir.script("v2.sh", "echo v2");
+    let gone = dir.script("gone.sh", "read line\necho \"gone $line\"");
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::new("svc", &v1), Service::new("gone", &gone)],
+    );
+    let (svc_port, gone_port) = (daemon.port("svc"), daemon.port("gone"));
+    let mut old_svc = daemon.connect("svc");
+    let mut old_gone = daemon.connect("gone");
+    daemon.accepted("svc", &old_svc);
+    daemon.accepted("gone", &old_gone);
+    let ready = daemon.wait_for_line("ready services=");
+    let summary = reload(
+        &daemon,
+        &dir,
+        &services_yaml(&[Service::new("svc", &v2)]),
+        &ready,
+        "reloaded ",
+    );
+    assert!(
+        summary.text.contains("changed=1 removed=1"),
+        "{}",
+        summary.text
+    );
+    assert_eq!(try_request(svc_port), Ok("v2\n".to_string()));
+    assert!(refused(gone_port), "a removed service's port is closed");
+    for (client, expected) in [(&mut old_svc, "v1 x"), (&mut old_gone, "gone x")] {
+        writeln!(client, "x").unwrap();
+        assert_eq!(
+            read_line(client),
+            expected,
+            "running handlers are never killed"
+        );
+    }
+}
+
+#[test]
+fn max_children_counts_carry_over_a_reload() {
+    let dir = TestDir::new("reload-max-children");
+    let hold = dir.script("hold.sh", "read line\necho \"done $line\"");
+    let limited = Service::new("limited", &hold).set("max_children", "1");
+    let daemon = Daemon::start(&dir, std::slice::from_ref(&limited));
+    let mut first = daemon.connect("limited");
+    daemon.accepted("limited", &first);
+    let ready = daemon.wait_for_line("ready services=");
+    // A changed setting of the same service: its running handler still counts.
+    let changed = limited.clone().set("keepalive", "true");
+    let reloaded = reload(
+        &daemon,
+        &dir,
+        &services_yaml(&[changed]),
+        &ready,
+        "reloaded ",
+    );
+    let mut second = daemon.connect("limited");
+    writeln!(second, "second").unwrap();
+    writeln!(first, "first").unwrap();
+    assert_eq!(read_line(&mut first), "done first");
+    let exited = daemon.wait_for_line_after(&reloaded, "limited/tcp: exited");
+    let accepted = daemon.wait_for_line_after(&reloaded, "limited/tcp: accepted");
+    assert!(
+        accepted.index > exited.index,
+        "the second client is accepted only after the first handler exits"
+    );
+    assert_eq!(read_to_eof(&mut second), "done second\n");
+}
