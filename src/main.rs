@@ -6,6 +6,7 @@ mod child;
 mod cli;
 mod config;
 mod daemon;
+mod include;
 mod listener;
 mod logging;
 mod notify;
@@ -51,7 +52,19 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
     let render = |errors: Vec<config::ConfigError>| -> Vec<String> {
         errors.iter().map(ToString::to_string).collect()
     };
-    let (table, mut errors) = config::parse_partial(&shown, &text);
+    let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut read_included = |pattern: &str| -> Result<Vec<(String, String)>, String> {
+        include::expand(&base, pattern)?
+            .into_iter()
+            .map(|file| {
+                resolve::check_config_permissions(&file, &host)?;
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|err| format!("{}: {err}", file.display()))?;
+                Ok((file.display().to_string(), text))
+            })
+            .collect()
+    };
+    let (table, mut errors) = config::parse_partial(&shown, &text, &mut read_included);
     match resolve::resolve(&table, &host) {
         Ok(_) if !errors.is_empty() => Err(render(errors)),
         Ok((services, warnings)) => Ok((services, table.services.len(), warnings)),

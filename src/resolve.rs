@@ -100,7 +100,7 @@ pub fn resolve(
     for spec in &table.services {
         let mut fail = |pos: Pos, message: String| {
             errors.push(ConfigError {
-                file: table.file.clone(),
+                file: spec.file.clone(),
                 pos: Some(pos),
                 service: Some(spec.name.clone()),
                 message,
@@ -149,7 +149,7 @@ pub fn resolve(
         if runs_as_root && !spec.disabled && program.is_some() {
             warnings.push(format!(
                 "{}:{}:{}: service \"{}\": handler would run as root (set \"user\")",
-                table.file, spec.pos.line, spec.pos.column, spec.name
+                spec.file, spec.pos.line, spec.pos.column, spec.name
             ));
         }
         let (Some(port), false) = (
@@ -178,7 +178,7 @@ pub fn resolve(
             spec: spec.clone(),
         });
     }
-    errors.extend(socket_conflicts(&table.file, &services));
+    errors.extend(socket_conflicts(&services));
     if errors.is_empty() {
         Ok((services, warnings))
     } else {
@@ -189,7 +189,7 @@ pub fn resolve(
 /// Two services cannot bind the same protocol and port on the same address, nor on a wildcard
 /// address and a specific one of the same family (the kernel refuses the second bind); two
 /// UNIX services cannot share a path.
-fn socket_conflicts(file: &str, services: &[Service]) -> Vec<ConfigError> {
+fn socket_conflicts(services: &[Service]) -> Vec<ConfigError> {
     let overlaps = |mine: &Endpoint, theirs: &Endpoint| match (mine, theirs) {
         (Endpoint::Ip(a), Endpoint::Ip(b)) => {
             a.port() != 0
@@ -212,7 +212,7 @@ fn socket_conflicts(file: &str, services: &[Service]) -> Vec<ConfigError> {
             });
             if let Some((mine, theirs)) = clash {
                 errors.push(ConfigError {
-                    file: file.to_string(),
+                    file: service.spec.file.clone(),
                     pos: Some(service.spec.port_pos),
                     service: Some(service.spec.name.clone()),
                     message: format!(

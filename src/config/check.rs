@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use serde_saphyr::Spanned;
 
 use super::raw::{
-    NameProbe, OneOrMany, ProbeFile, RATE_LIMIT_KEYS, RawFile, RawRateLimit, RawService,
-    SERVICE_KEYS, Scalar, TOP_KEYS,
+    NameProbe, OneOrMany, ProbeFile, RATE_LIMIT_KEYS, RawFile, RawIncluded, RawRateLimit,
+    RawService, SERVICE_KEYS, Scalar, TOP_KEYS,
 };
 use super::{
     Builtin, ConfigError, Handler, IdSpec, LimitValue, PortSpec, Pos, Protocol, RateLimit,
@@ -25,7 +25,7 @@ const DEFAULT_UMASK: u32 = 0o022;
 /// Parses and checks `text`, read from `file`. Returns the table or every error found.
 #[cfg(test)]
 pub fn parse(file: &str, text: &str) -> Result<Table, Vec<ConfigError>> {
-    let (table, errors) = parse_partial(file, text);
+    let (table, errors) = parse_partial(file, text, &mut |_| Ok(Vec::new()));
     if errors.is_empty() {
         Ok(table)
     } else {
@@ -35,25 +35,102 @@ pub fn parse(file: &str, text: &str) -> Result<Table, Vec<ConfigError>> {
 
 /// Like `parse`, but also returns the services that passed when others did not, so that the
 /// later stage (resolve) can report its errors for them in the same run.
-pub fn parse_partial(file: &str, text: &str) -> (Table, Vec<ConfigError>) {
-    let options = serde_saphyr::options! { strict_booleans: true };
-    let raw: RawFile = match serde_saphyr::from_str_with_options(text, options) {
+///
+/// `include` expands one `include:` entry (a path or glob, as written) into the files it names,
+/// with their text, in order; it is where the filesystem is read, so this module stays pure.
+pub fn parse_partial(
+    file: &str,
+    text: &str,
+    include: &mut Includer<'_>,
+) -> (Table, Vec<ConfigError>) {
+    let mut table = Table {
+        file: file.to_string(),
+        services: Vec::new(),
+    };
+    let raw: RawFile = match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(raw) => raw,
-        Err(err) => {
-            let table = Table {
-                file: file.to_string(),
-                services: Vec::new(),
-            };
-            return (table, vec![syntax_error(file, text, &err)]);
-        }
+        Err(err) => return (table, vec![syntax_error(file, text, &err)]),
     };
     let mut checker = Checker {
         file,
         text,
         errors: Vec::new(),
     };
-    let table = checker.table(raw);
-    (table, checker.errors)
+    let defaults = match raw.defaults {
+        Some(defaults) => {
+            checker.reject_in_defaults(&defaults);
+            defaults.value
+        }
+        None => RawService::default(),
+    };
+    table.services = checker.services(raw.services, &defaults);
+    let mut errors = checker.errors;
+    for pattern in raw.include.iter().flat_map(|list| &list.value) {
+        match include(&pattern.value) {
+            Err(message) => errors.push(ConfigError {
+                file: file.to_string(),
+                pos: Some(pos_of(pattern)),
+                service: None,
+                message: format!("include \"{}\": {message}", pattern.value),
+            }),
+            Ok(files) => {
+                for (path, text) in files {
+                    let (services, more) = parse_included(&path, &text, &defaults);
+                    table.services.extend(services);
+                    errors.extend(more);
+                }
+            }
+        }
+    }
+    errors.extend(duplicate_names(&table.services));
+    (table, errors)
+}
+
+/// Expands an `include:` entry into (path, text) pairs, or says why it cannot.
+pub type Includer<'a> = dyn FnMut(&str) -> Result<Vec<(String, String)>, String> + 'a;
+
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
+/// An included file: a `services:` list and nothing else; `defaults:` of the main file apply.
+fn parse_included(
+    file: &str,
+    text: &str,
+    defaults: &RawService,
+) -> (Vec<ServiceSpec>, Vec<ConfigError>) {
+    let raw: RawIncluded = match serde_saphyr::from_str_with_options(text, yaml_options()) {
+        Ok(raw) => raw,
+        Err(err) => return (Vec::new(), vec![syntax_error(file, text, &err)]),
+    };
+    let mut checker = Checker {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let services = checker.services(raw.services, defaults);
+    (services, checker.errors)
+}
+
+/// Names are unique over the whole table, included files too.
+fn duplicate_names(services: &[ServiceSpec]) -> Vec<ConfigError> {
+    let mut first: HashMap<&str, &ServiceSpec> = HashMap::new();
+    let mut errors = Vec::new();
+    for service in services {
+        if let Some(earlier) = first.insert(&service.name, service) {
+            errors.push(ConfigError {
+                file: service.file.clone(),
+                pos: Some(service.pos),
+                service: Some(service.name.clone()),
+                message: format!(
+                    "duplicate service name (first defined at {}:{})",
+                    earlier.file, earlier.pos.line
+                ),
+            });
+            first.insert(&earlier.name, earlier);
+        }
+    }
+    errors
 }
 
 fn pos_of<T>(value: &Spanned<T>) -> Pos {
@@ -235,18 +312,13 @@ impl Checker<'_> {
         });
     }
 
-    fn table(&mut self, raw: RawFile) -> Table {
-        if let Some(include) = &raw.include {
-            self.error(pos_of(include), None, "key \"include\": not supported yet");
-        }
-        let defaults = match raw.defaults {
-            Some(defaults) => {
-                self.reject_in_defaults(&defaults);
-                defaults.value
-            }
-            None => RawService::default(),
-        };
-        let Some(entries) = raw.services else {
+    /// Checks a `services:` list; a missing one is an error (an empty one is not).
+    fn services(
+        &mut self,
+        entries: Option<Spanned<Vec<Spanned<RawService>>>>,
+        defaults: &RawService,
+    ) -> Vec<ServiceSpec> {
+        let Some(entries) = entries else {
             self.errors.push(ConfigError {
                 file: self.file.to_string(),
                 pos: None,
@@ -254,26 +326,14 @@ impl Checker<'_> {
                 message: "missing key \"services\" (an empty list `services: []` is allowed)"
                     .to_string(),
             });
-            return self.empty();
+            return Vec::new();
         };
-        let mut services = Vec::new();
-        for (index, entry) in entries.value.iter().enumerate() {
-            if let Some(service) = self.service(index, entry, &defaults) {
-                services.push(service);
-            }
-        }
-        self.check_unique(&services);
-        Table {
-            file: self.file.to_string(),
-            services,
-        }
-    }
-
-    fn empty(&self) -> Table {
-        Table {
-            file: self.file.to_string(),
-            services: Vec::new(),
-        }
+        entries
+            .value
+            .iter()
+            .enumerate()
+            .filter_map(|(index, entry)| self.service(index, entry, defaults))
+            .collect()
     }
 
     /// Keys that describe one particular service make no sense as a default for all of them.
@@ -518,6 +578,7 @@ impl Checker<'_> {
             return None;
         }
         Some(ServiceSpec {
+            file: self.file.to_string(),
             name,
             pos: entry_pos,
             protocol,
@@ -935,21 +996,6 @@ impl Checker<'_> {
                 );
                 DEFAULT_UMASK
             }
-        }
-    }
-
-    /// Names are unique over the whole table. (Sockets are checked once ports are resolved.)
-    fn check_unique(&mut self, services: &[ServiceSpec]) {
-        let mut names: HashMap<&str, Pos> = HashMap::new();
-        let mut duplicates = Vec::new();
-        for service in services {
-            if let Some(first) = names.insert(&service.name, service.pos) {
-                duplicates.push((service.pos, service.name.clone(), first.line));
-            }
-        }
-        for (pos, name, first_line) in duplicates {
-            let message = format!("duplicate service name (first defined at line {first_line})");
-            self.error(pos, Some(&name), message);
         }
     }
 }

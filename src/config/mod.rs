@@ -146,6 +146,8 @@ pub type LimitValue = Option<u64>;
 /// One service, checked but not yet resolved against the system.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceSpec {
+    /// The file it was written in (the main table or an included file).
+    pub file: String,
     pub name: String,
     pub pos: Pos,
     pub protocol: Protocol,

@@ -12,7 +12,14 @@ use serde_saphyr::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct RawFile {
     pub defaults: Option<Spanned<RawService>>,
-    pub include: Option<Spanned<serde::de::IgnoredAny>>,
+    pub include: Option<Spanned<Vec<Spanned<String>>>>,
+    pub services: Option<Spanned<Vec<Spanned<RawService>>>>,
+}
+
+/// A file named by `include:`: services only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIncluded {
     pub services: Option<Spanned<Vec<Spanned<RawService>>>>,
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod config_errors;
 mod daemonize;
 mod environment;
+mod includes;
 mod limits;
 mod privileges;
 mod recovery;
