@@ -36,9 +36,8 @@ pub fn expand(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
             let file_name = entry.file_name();
             let file_name = file_name.as_encoded_bytes();
             // Like the shell, a wildcard does not match a leading dot.
-            !(file_name.starts_with(b".") && !name.starts_with('.'))
-                && matches(name.as_bytes(), file_name)
-                && entry.path().is_file()
+            let hidden = file_name.starts_with(b".") && !name.starts_with('.');
+            !hidden && matches(name.as_bytes(), file_name) && entry.path().is_file()
         })
         .map(|entry| entry.path())
         .collect();
