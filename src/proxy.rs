@@ -1,16 +1,12 @@
 //! PROXY protocol v1/v2 header parsing (HAProxy's proxy-protocol.txt): a pure function of the
 //! bytes read so far, so the event loop owns all buffering, deadlines and socket state.
 //!
-//! Contract with the caller: read with plain reads (no MSG_PEEK) into one buffer and call
-//! [`parse`] on the whole buffer after every read. On [`Parsed::Incomplete`] keep reading until
-//! the deadline; on [`Parsed::Invalid`] close the connection and log the reason; on
-//! [`Parsed::Done`] the header is `buf[..len]` and `buf[len..]` is application data that arrived
-//! in the same reads — it must be handed to the service before anything else read from the
-//! socket, or the client's first bytes are lost. The buffer never needs to hold more than
-//! [`MAX_HEADER_LEN`] bytes: by then every header is either `Done` or `Invalid`.
-
-// wired into the event loop by the PROXY protocol work (issue 3)
-#![allow(dead_code)]
+//! Contract with the caller: call [`parse`] on everything the client has sent so far. On
+//! [`Parsed::Incomplete`] wait for more until the deadline; on [`Parsed::Invalid`] close the
+//! connection and log the reason; on [`Parsed::Done`] the header is `buf[..len]` and what follows
+//! is application data for the service. rinetd's loop peeks (MSG_PEEK) and then consumes exactly
+//! `len` bytes, so that data stays in the socket for the handler. The buffer never needs to hold
+//! more than [`MAX_HEADER_LEN`] bytes: by then every header is either `Done` or `Invalid`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -136,12 +136,14 @@ pub fn resolve(
         {
             fail(unix.pos, format!("key \"path\": {message}"));
         }
-        let identity = match identity(spec, host) {
-            Ok(identity) => identity,
-            Err((pos, message)) => {
+        // A builtin runs as rinetd: a `user` it got from defaults is not its business.
+        let identity = match program.as_ref().map(|_| identity(spec, host)) {
+            Some(Ok(identity)) => identity,
+            Some(Err((pos, message))) => {
                 fail(pos, message);
                 None
             }
+            None => None,
         };
         let runs_as_root = identity
             .as_ref()
@@ -215,11 +217,18 @@ fn socket_conflicts(services: &[Service]) -> Vec<ConfigError> {
                     file: service.spec.file.clone(),
                     pos: Some(service.spec.port_pos),
                     service: Some(service.spec.name.clone()),
-                    message: format!(
-                        "{}/{mine} overlaps {theirs} of service \"{}\"",
-                        service.spec.protocol.as_str(),
-                        other.spec.name
-                    ),
+                    message: match mine {
+                        Endpoint::Unix(path) => format!(
+                            "socket {} is also the path of service \"{}\"",
+                            path.display(),
+                            other.spec.name
+                        ),
+                        Endpoint::Ip(_) => format!(
+                            "{}/{mine} overlaps {theirs} of service \"{}\"",
+                            service.spec.protocol.as_str(),
+                            other.spec.name
+                        ),
+                    },
                 });
             }
         }

@@ -418,6 +418,7 @@ impl Checker<'_> {
         }
         let handler = self.handler(s, entry_pos, svc);
         let builtin = matches!(handler, Handler::Builtin(_));
+        self.reject_inapplicable(s, svc, protocol, builtin);
         if builtin && protocol == Protocol::Unix {
             let pos = s.builtin.as_ref().map_or(entry_pos, pos_of);
             self.error(
@@ -558,7 +559,9 @@ impl Checker<'_> {
             Some(nice) => nice.value as i32,
             None => 0,
         };
-        let umask = pick(&s.umask, &defaults.umask).map_or(DEFAULT_UMASK, |u| self.umask(u, svc));
+        let umask = pick(&s.umask, &defaults.umask)
+            .and_then(|u| self.octal(u, svc, "umask"))
+            .unwrap_or(DEFAULT_UMASK);
         let backlog = match pick(&s.backlog, &defaults.backlog) {
             Some(b) if !(1..=65535).contains(&b.value) => {
                 self.error(
@@ -608,6 +611,50 @@ impl Checker<'_> {
             keepalive,
             disabled,
         })
+    }
+
+    /// Keys set on a service whose kind has nothing for them to act on: accepting them would
+    /// let an operator believe, say, that a UNIX socket is access-controlled. (From
+    /// `defaults:` they simply apply where they can.)
+    fn reject_inapplicable(
+        &mut self,
+        s: &RawService,
+        svc: Option<&str>,
+        protocol: Protocol,
+        builtin: bool,
+    ) {
+        if protocol == Protocol::Unix {
+            for (key, pos) in [
+                ("only_from", s.only_from.as_ref().map(pos_of)),
+                ("no_access", s.no_access.as_ref().map(pos_of)),
+                ("per_source", s.per_source.as_ref().map(pos_of)),
+                ("keepalive", s.keepalive.as_ref().map(pos_of)),
+            ] {
+                if let Some(pos) = pos {
+                    let why = "does not apply to protocol unix (a client has no address)";
+                    self.error(pos, svc, format!("key \"{key}\": {why}"));
+                }
+            }
+        }
+        if builtin {
+            for (key, pos) in [
+                ("user", s.user.as_ref().map(pos_of)),
+                ("group", s.group.as_ref().map(pos_of)),
+                ("env", s.env.as_ref().map(pos_of)),
+                ("pass_env", s.pass_env.as_ref().map(pos_of)),
+                ("cwd", s.cwd.as_ref().map(pos_of)),
+                ("stderr", s.stderr.as_ref().map(pos_of)),
+                ("rlimits", s.rlimits.as_ref().map(pos_of)),
+                ("nice", s.nice.as_ref().map(pos_of)),
+                ("umask", s.umask.as_ref().map(pos_of)),
+                ("timeout", s.timeout.as_ref().map(pos_of)),
+            ] {
+                if let Some(pos) = pos {
+                    let why = "does not apply to a builtin (it runs inside rinetd, no process)";
+                    self.error(pos, svc, format!("key \"{key}\": {why}"));
+                }
+            }
+        }
     }
 
     /// Exactly one of `server` (with optional `args`) and `builtin`.
@@ -703,20 +750,11 @@ impl Checker<'_> {
         if !path.value.starts_with('/') {
             self.error(pos_of(path), svc, "key \"path\": must be an absolute path");
         }
-        let mode = match &s.socket_mode {
-            None => 0o666,
-            Some(mode) => match u32::from_str_radix(&mode.value, 8) {
-                Ok(bits) if bits <= 0o777 => bits,
-                _ => {
-                    self.error(
-                        pos_of(mode),
-                        svc,
-                        format!("key \"socket_mode\": \"{}\" is not an octal mode 000-777 (quote it: \"0660\")", mode.value),
-                    );
-                    0o666
-                }
-            },
-        };
+        let mode = s
+            .socket_mode
+            .as_ref()
+            .and_then(|mode| self.octal(mode, svc, "socket_mode"))
+            .unwrap_or(0o666);
         Some(UnixSocket {
             path: PathBuf::from(&path.value),
             pos: pos_of(path),
@@ -970,31 +1008,33 @@ impl Checker<'_> {
         out
     }
 
-    fn umask(&mut self, value: &Spanned<String>, svc: Option<&str>) -> u32 {
+    /// An octal permission value (`umask`, `socket_mode`). It must be quoted: YAML 1.2 reads an
+    /// unquoted 022 as the decimal 22, so accepting it would invite the wrong mask.
+    fn octal(&mut self, value: &Spanned<String>, svc: Option<&str>, key: &str) -> Option<u32> {
         let quoted = usize::try_from(value.referenced.span().offset())
             .ok()
             .and_then(|offset| self.text.get(offset..))
             .is_some_and(|rest| rest.starts_with('"') || rest.starts_with('\''));
         let text = &value.value;
         if !quoted {
-            {
-                self.error(
-                    pos_of(value),
-                    svc,
-                    "key \"umask\": quote the octal value, e.g. umask: \"022\" (YAML 1.2 reads 022 as the decimal 22)",
-                );
-                return DEFAULT_UMASK;
-            }
+            self.error(
+                pos_of(value),
+                svc,
+                format!(
+                    "key \"{key}\": quote the octal value, e.g. {key}: \"0{text}\" (YAML 1.2 reads an unquoted {text} as a decimal number)"
+                ),
+            );
+            return None;
         }
         match u32::from_str_radix(text, 8) {
-            Ok(mask) if mask <= 0o777 => mask,
+            Ok(bits) if bits <= 0o777 => Some(bits),
             _ => {
                 self.error(
                     pos_of(value),
                     svc,
-                    format!("key \"umask\": \"{text}\" is not an octal mask 000-777"),
+                    format!("key \"{key}\": \"{text}\" is not an octal mode 000-777"),
                 );
-                DEFAULT_UMASK
+                None
             }
         }
     }

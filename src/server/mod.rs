@@ -116,6 +116,8 @@ struct Listener {
     socket: Option<Bound>,
     /// The IP address really bound (port 0 resolved), once bound.
     bound: Option<SocketAddr>,
+    /// A bind failed and a retry is scheduled (so a reload does not start a second one).
+    retrying: bool,
 }
 
 #[derive(Default)]
@@ -396,6 +398,7 @@ impl Server {
                     token: server.new_token(),
                     socket: None,
                     bound: None,
+                    retrying: false,
                 })
                 .collect();
             server.services.push(ServiceState::new(service, listeners));
@@ -567,6 +570,7 @@ impl Server {
                     BIND_RETRY.as_secs()
                 );
                 let token = listener.token;
+                listener.retrying = true;
                 self.schedule(Instant::now() + BIND_RETRY, Timer::RetryBind { token });
             }
         }
@@ -681,7 +685,8 @@ impl Server {
             *state.per_source.entry(client).or_default() += 1;
         }
         let max = state.service.spec.max_children;
-        if max > 0 && state.running >= max && !state.full {
+        // A wait service has one handler at a time anyway: no pause to announce.
+        if max > 0 && state.running >= max && !state.full && state.kind != Kind::Wait {
             state.full = true;
             info!(
                 "{}: paused reason=max_children running={}",
@@ -882,8 +887,13 @@ impl Server {
     /// Reads and checks the whole table; any error keeps the running one exactly as it is.
     fn reload(&mut self, load: &mut Loader) {
         info!("reloading");
+        let started = Instant::now();
         match load() {
             Ok(services) => {
+                info!(
+                    "reload: table read and checked in {}",
+                    seconds(started.elapsed())
+                );
                 self.reconcile(services);
             }
             Err(errors) => {

@@ -35,9 +35,11 @@ fn identity(protocol: Protocol, endpoint: &Endpoint, service: &str) -> Identity 
 }
 
 /// The settings of a service with where they were written left out: moving a service down
-/// the file does not change it.
+/// the file, or into an included file, does not change it.
 fn settings(spec: &ServiceSpec) -> ServiceSpec {
     let mut spec = spec.clone();
+    // The path as given at start and the canonical one a reload reads are the same file.
+    spec.file.clear();
     let nowhere = Pos::default();
     spec.pos = nowhere;
     spec.port_pos = nowhere;
@@ -56,6 +58,7 @@ fn settings(spec: &ServiceSpec) -> ServiceSpec {
 impl Server {
     /// Reconciles the live table with `services`; returns what changed.
     pub(super) fn reconcile(&mut self, services: Vec<Service>) -> Summary {
+        let started = std::time::Instant::now();
         let mut summary = Summary::default();
         // Every bound socket, by identity, with the service that held it.
         let mut sockets: HashMap<Identity, (usize, Listener)> = HashMap::new();
@@ -96,6 +99,7 @@ impl Server {
                             token: self.new_token(),
                             socket: None,
                             bound: None,
+                            retrying: false,
                         },
                     }
                 })
@@ -148,7 +152,8 @@ impl Server {
                             .insert(listener.token, Source::Listener { service, index });
                         relisten(socket, state.service.spec.backlog);
                     }
-                    None => unbound.push((service, index)),
+                    None if !listener.retrying => unbound.push((service, index)),
+                    None => {}
                 }
             }
         }
@@ -159,8 +164,12 @@ impl Server {
             self.service_ready(service);
         }
         info!(
-            "reloaded added={} changed={} removed={} kept={}",
-            summary.added, summary.changed, summary.removed, summary.kept
+            "reloaded added={} changed={} removed={} kept={} duration={}",
+            summary.added,
+            summary.changed,
+            summary.removed,
+            summary.kept,
+            super::seconds(started.elapsed())
         );
         summary
     }

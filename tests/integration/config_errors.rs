@@ -301,11 +301,51 @@ const BAD_CONFIGS: &[BadConfig] = &[
         message: &["service \"hello\"", "socket_mode"],
     },
     BadConfig {
-        what: "include (a later issue)",
+        what: "an included file that does not exist",
         yaml: "include: [other.yaml]  # <--
 services: []
 ",
-        message: &["include", "not supported yet"],
+        message: &["include \"other.yaml\"", "does not exist"],
+    },
+    BadConfig {
+        what: "an access list on a unix socket, which has no client address",
+        yaml: "services:
+  - name: hello
+    protocol: unix
+    path: /tmp/rinetd-never-bound.sock
+    server: {server}
+    only_from: [127.0.0.1]  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "only_from",
+            "does not apply to protocol unix",
+        ],
+    },
+    BadConfig {
+        what: "a handler setting on a builtin",
+        yaml: "services:
+  - name: hello
+    port: 0
+    builtin: echo
+    timeout: 10s  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "timeout",
+            "does not apply to a builtin",
+        ],
+    },
+    BadConfig {
+        what: "an unquoted socket_mode",
+        yaml: "services:
+  - name: hello
+    protocol: unix
+    path: /tmp/rinetd-never-bound.sock
+    server: {server}
+    socket_mode: 0660  # <--
+",
+        message: &["service \"hello\"", "socket_mode", "quote"],
     },
     BadConfig {
         what: "a bad value in defaults applies to, and names, each service",
