@@ -108,3 +108,28 @@ pub fn write_pidfile(path: &Path) -> Result<(), String> {
             format!("cannot write pidfile {}: {err}", path.display())
         })
 }
+
+/// The sockets a service manager passed when it socket-activated rinetd itself (sd_listen_fds:
+/// `LISTEN_PID` is this process, `LISTEN_FDS` counts descriptors from fd 3). They become
+/// close-on-exec so that no handler inherits them.
+pub fn inherited_sockets() -> Vec<socket2::Socket> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|_| ours)
+        .unwrap_or(0);
+    (3..3 + count.clamp(0, 4096))
+        .filter_map(|fd| {
+            // SAFETY: by the socket-activation protocol these descriptors were handed to this
+            // very process (LISTEN_PID) across exec, and nothing else in it has taken them.
+            let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let socket = socket2::Socket::from(owned);
+            socket.set_cloexec(true).ok()?;
+            Some(socket)
+        })
+        .collect()
+}

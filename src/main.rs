@@ -119,6 +119,8 @@ fn main() -> ExitCode {
     } else {
         LevelFilter::Info
     };
+    // Before detaching: LISTEN_PID names this process, not the detached child.
+    let adopted = daemon::inherited_sockets();
     // Before detaching, so that "syslog is unavailable" still reaches the operator's terminal.
     let target = logging::init(target, level);
     let readiness = if cli.foreground {
@@ -138,7 +140,7 @@ fn main() -> ExitCode {
     let original_nofile = daemon::raise_nofile();
     // The readiness pipe is answered exactly once: ready from inside run, or failed below.
     let readiness = Rc::new(RefCell::new(readiness));
-    let server = match server::Server::new(services, original_nofile) {
+    let server = match server::Server::new(services, original_nofile, adopted) {
         Ok(server) => server,
         Err(err) => return fail_start(&readiness, &format!("cannot start: {err}")),
     };

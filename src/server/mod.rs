@@ -303,6 +303,8 @@ pub struct Server {
     inherited: Inherited,
     /// The output pipe for the next handler, made before its connection is accepted.
     spare_pipe: Option<OutputPipe>,
+    /// Sockets rinetd itself was socket-activated with, until a service claims them.
+    adopted: Vec<Socket>,
     /// xorshift state for chargen's datagram lengths.
     random: u32,
     stopping: Option<Instant>,
@@ -367,7 +369,11 @@ fn address_vars(
 }
 
 impl Server {
-    pub fn new(services: Vec<Service>, original_nofile: (u64, u64)) -> io::Result<Server> {
+    pub fn new(
+        services: Vec<Service>,
+        original_nofile: (u64, u64),
+        adopted: Vec<Socket>,
+    ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let signals = Signals::install(poll.registry(), SIGNAL_TOKEN)?;
         let inherited = Inherited {
@@ -386,9 +392,11 @@ impl Server {
             again: VecDeque::new(),
             inherited,
             spare_pipe: None,
+            adopted: Vec::new(),
             random: std::process::id() | 1,
             stopping: None,
         };
+        server.adopted = adopted;
         for service in services {
             let listeners = service
                 .listen
@@ -454,6 +462,10 @@ impl Server {
             for index in 0..self.services[service].listeners.len() {
                 self.bind(service, index);
             }
+        }
+        for socket in self.adopted.drain(..) {
+            let address = socket.local_addr().ok().and_then(|a| a.as_socket());
+            warn!("inherited socket {address:?} matches no service; closed");
         }
         let listeners: usize = self
             .services
@@ -525,10 +537,13 @@ impl Server {
         let backlog = state.service.spec.backlog;
         let datagram = state.service.spec.protocol == Protocol::Udp;
         let listener = &mut state.listeners[index];
-        let bound = match &listener.endpoint {
-            Endpoint::Ip(address) if datagram => bind_udp(*address),
-            Endpoint::Ip(address) => bind_tcp(*address, backlog),
-            Endpoint::Unix(path) => {
+        let adopted = take_adopted(&mut self.adopted, &listener.endpoint, datagram);
+        let inherited = adopted.is_some();
+        let bound = match (adopted, &listener.endpoint) {
+            (Some(socket), _) => socket.set_nonblocking(true).map(|()| socket),
+            (None, Endpoint::Ip(address)) if datagram => bind_udp(*address),
+            (None, Endpoint::Ip(address)) => bind_tcp(*address, backlog),
+            (None, Endpoint::Unix(path)) => {
                 let mode = state.service.spec.unix.as_ref().map_or(0o666, |u| u.mode);
                 bind_unix(path, mode, backlog)
             }
@@ -554,7 +569,8 @@ impl Server {
             Ok((socket, address)) => {
                 let shown =
                     address.map_or_else(|| listener.endpoint.to_string(), |a| a.to_string());
-                info!("{}: listening address={shown}", state.service.label);
+                let how = if inherited { " inherited" } else { "" };
+                info!("{}: listening address={shown}{how}", state.service.label);
                 listener.socket = Some(socket);
                 listener.bound = address;
                 self.sources
@@ -1109,6 +1125,26 @@ impl Server {
             );
         }
     }
+}
+
+/// Takes the inherited socket that is `endpoint` (same address or path, same type), if any.
+fn take_adopted(adopted: &mut Vec<Socket>, endpoint: &Endpoint, datagram: bool) -> Option<Socket> {
+    let wanted = if datagram {
+        socket2::Type::DGRAM
+    } else {
+        socket2::Type::STREAM
+    };
+    let position = adopted.iter().position(|socket| {
+        let Ok(local) = socket.local_addr() else {
+            return false;
+        };
+        let same_place = match endpoint {
+            Endpoint::Ip(address) => local.as_socket() == Some(*address),
+            Endpoint::Unix(path) => local.as_pathname() == Some(path.as_path()),
+        };
+        same_place && socket.r#type().ok() == Some(wanted)
+    })?;
+    Some(adopted.swap_remove(position))
 }
 
 /// Whether a listening socket has a connection waiting, without accepting it.

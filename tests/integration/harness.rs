@@ -308,16 +308,30 @@ impl Daemon {
 
     /// The first log line after `after` containing `pattern`.
     pub fn wait_for_line_after(&self, after: &LogLine, pattern: &str) -> LogLine {
-        self.wait_for_nth(pattern, after.index + 1, |line| line.contains(pattern))
+        self.wait_for_nth(pattern, after.index + 1, DEADLINE, |line| {
+            line.contains(pattern)
+        })
     }
 
     /// The first log line satisfying `matches`; `what` describes it in the failure message.
-    pub fn wait_for(&self, what: &str, matches: impl Fn(&str) -> bool) -> LogLine {
-        self.wait_for_nth(what, 0, matches)
+    /// The first line containing `pattern`, waiting up to `within` (for events slower than
+    /// `DEADLINE` by design, such as a bind retry).
+    pub fn wait_for_line_within(&self, pattern: &str, within: Duration) -> LogLine {
+        self.wait_for_nth(pattern, 0, within, |line| line.contains(pattern))
     }
 
-    fn wait_for_nth(&self, what: &str, from: usize, matches: impl Fn(&str) -> bool) -> LogLine {
-        let deadline = Instant::now() + DEADLINE;
+    pub fn wait_for(&self, what: &str, matches: impl Fn(&str) -> bool) -> LogLine {
+        self.wait_for_nth(what, 0, DEADLINE, matches)
+    }
+
+    fn wait_for_nth(
+        &self,
+        what: &str,
+        from: usize,
+        within: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> LogLine {
+        let deadline = Instant::now() + within;
         let mut state = self.log.lock();
         loop {
             let found = state

@@ -8,6 +8,7 @@ mod config_errors;
 mod daemonize;
 mod environment;
 mod includes;
+mod lifecycle;
 mod limits;
 mod privileges;
 mod recovery;

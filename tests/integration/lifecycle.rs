@@ -1,0 +1,134 @@
+//! The daemon's life around the services: sd_notify messages, socket activation of rinetd
+//! itself (LISTEN_FDS), bind retry while a port is taken, and the SIGUSR1 status dump.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::harness::{Daemon, Service, TestDir};
+
+fn signal(daemon: &Daemon, signal: Signal) {
+    kill(Pid::from_raw(daemon.pid()), signal).expect("signal the daemon");
+}
+
+/// The next sd_notify datagram, waiting at most 10 s.
+fn next_notification(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = socket
+        .recv(&mut buf)
+        .expect("an sd_notify message within the deadline");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn sd_notify_ready_reloading_and_stopping() {
+    let dir = TestDir::new("sd-notify");
+    let server = dir.script("hello.sh", "echo hello");
+    let notify_path = dir.join("notify.sock");
+    let listener = UnixDatagram::bind(&notify_path).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut command = Daemon::command(&dir.services_config(&[Service::new("hello", &server)]));
+    command.env("NOTIFY_SOCKET", &notify_path);
+    let mut daemon = Daemon::spawn(command);
+    assert_eq!(next_notification(&listener), "READY=1");
+    signal(&daemon, Signal::SIGHUP);
+    let reloading = next_notification(&listener);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(next_notification(&listener), "READY=1");
+    daemon.stop();
+    assert_eq!(next_notification(&listener), "STOPPING=1");
+}
+
+#[test]
+fn a_socket_activated_rinetd_serves_on_the_socket_it_was_given() {
+    let dir = TestDir::new("listen-fds");
+    let server = dir.script("hello.sh", "echo \"hello $TCPLOCALPORT\"");
+    // Held open here for the whole test: rinetd could not bind this port itself.
+    let given = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = given.local_addr().unwrap().port();
+    let config =
+        dir.services_config(&[Service::new("activated", &server).set("port", &port.to_string())]);
+    let rinetd_args = Daemon::command(&config);
+    let mut command = Command::new("/bin/sh");
+    // `exec` keeps the shell's pid, so LISTEN_PID names rinetd.
+    command
+        .args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
+        .arg(rinetd_args.get_program())
+        .args(rinetd_args.get_args());
+    let fd = given.as_raw_fd();
+    // SAFETY: dup2 and fcntl are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if (fd != 3 && libc::dup2(fd, 3) < 0) || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let daemon = Daemon::spawn(command);
+    daemon.wait_for_line(&format!(
+        "activated/tcp: listening address=127.0.0.1:{port} inherited"
+    ));
+    assert_eq!(daemon.request("activated", ""), format!("hello {port}\n"));
+}
+
+#[test]
+fn a_port_in_use_is_retried_while_the_other_services_serve() {
+    let dir = TestDir::new("bind-retry");
+    let server = dir.script("hello.sh", "echo \"hello $RINETD_SERVICE\"");
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let daemon = Daemon::start(
+        &dir,
+        &[
+            Service::new("busy", &server).set("port", &port.to_string()),
+            Service::new("free", &server),
+        ],
+    );
+    daemon.wait_for_line(&format!("busy/tcp: bind failed address=127.0.0.1:{port}"));
+    assert_eq!(daemon.request("free", ""), "hello free\n");
+    drop(taken);
+    // The retry comes 10 s after the failure.
+    daemon.wait_for_line_within(
+        &format!("busy/tcp: listening address=127.0.0.1:{port}"),
+        Duration::from_secs(25),
+    );
+    assert_eq!(daemon.request("busy", ""), "hello busy\n");
+}
+
+#[test]
+fn sigusr1_dumps_each_service_with_its_state_and_counters() {
+    let dir = TestDir::new("status");
+    let server = dir.script("hello.sh", "echo hello");
+    let daemon = Daemon::start(
+        &dir,
+        &[
+            Service::new("open", &server),
+            Service::new("closed", &server).set("only_from", "[10.0.0.0/8]"),
+        ],
+    );
+    assert_eq!(daemon.request("open", ""), "hello\n");
+    assert_eq!(daemon.request("closed", ""), "");
+    daemon.wait_for_line("closed/tcp: refused");
+    signal(&daemon, Signal::SIGUSR1);
+    let open = daemon.wait_for_line("open/tcp: status");
+    assert!(open.text.contains("state=listening"), "{}", open.text);
+    assert!(open.text.contains("accepted=1"), "{}", open.text);
+    let closed = daemon.wait_for_line("closed/tcp: status");
+    assert!(
+        closed.text.contains("refused_only_from=1"),
+        "{}",
+        closed.text
+    );
+}
