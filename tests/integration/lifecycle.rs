@@ -132,3 +132,92 @@ fn sigusr1_dumps_each_service_with_its_state_and_counters() {
         closed.text
     );
 }
+
+/// A fake syslogd: a datagram socket at `path`.
+fn syslogd(path: &std::path::Path) -> UnixDatagram {
+    let _ = std::fs::remove_file(path);
+    let socket = UnixDatagram::bind(path).expect("bind the fake /dev/log");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+}
+
+/// Syslog messages until one contains `pattern`.
+fn syslog_until(socket: &UnixDatagram, pattern: &str) -> String {
+    loop {
+        let message = next_notification(socket);
+        if message.contains(pattern) {
+            return message;
+        }
+    }
+}
+
+#[test]
+fn syslog_lines_still_arrive_after_syslogd_restarts() {
+    if !crate::harness::is_root() {
+        eprintln!("skipped: needs root for a private mount namespace with a fake /dev/log");
+        return;
+    }
+    let dir = TestDir::new("syslog");
+    let server = dir.script("hello.sh", "echo hello");
+    let config = dir.services_config(&[Service::new("hello", &server)]);
+    let log_path = dir.join("log.sock");
+    let first = syslogd(&log_path);
+    // /dev in the namespace: a fresh tmpfs with the real null device and /dev/log pointing
+    // at the test's socket, so that the socket can be replaced like a restarted syslogd's.
+    let setup = r#"set -e
+dir=$1; shift
+mount --make-rprivate /
+touch "$dir/null"; mount --bind /dev/null "$dir/null"
+mount -t tmpfs none /dev
+touch /dev/null; mount --bind "$dir/null" /dev/null
+ln -s "$dir/log.sock" /dev/log
+exec "$@""#;
+    let daemon = Command::new("unshare")
+        .args(["--mount", "sh", "-c", setup, "sh"])
+        .arg(&dir.path)
+        .arg(env!("CARGO_BIN_EXE_rinetd"))
+        .arg("-c")
+        .arg(&config)
+        .args(["-f", "--log", "syslog"])
+        .spawn()
+        .expect("start rinetd in a mount namespace");
+    let mut daemon = KillOnDrop(daemon);
+    let listening = syslog_until(&first, "hello/tcp: listening address=127.0.0.1:");
+    let port: u16 = listening
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("a port in the listening line");
+    syslog_until(&first, "ready services=1");
+    let request = || {
+        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+        answer
+    };
+    // syslogd goes away; what rinetd logs meanwhile is lost, and rinetd keeps serving.
+    drop(first);
+    std::fs::remove_file(&log_path).unwrap();
+    assert_eq!(request(), "hello\n");
+    // syslogd comes back at the same path: the next lines reach it.
+    let second = syslogd(&log_path);
+    assert_eq!(request(), "hello\n");
+    let accepted = syslog_until(&second, "hello/tcp: accepted");
+    assert!(accepted.contains("rinetd["), "ident and pid: {accepted}");
+    kill(Pid::from_raw(daemon.0.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(daemon.0.wait().unwrap().success());
+}
+
+/// A daemon started outside the harness, killed if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
