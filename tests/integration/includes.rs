@@ -133,3 +133,25 @@ fn a_missing_literal_include_is_an_error_and_an_empty_glob_is_not() {
     let output = rinetd().args(["-t", "-c"]).arg(&config).output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", all_output(&output));
 }
+
+#[test]
+fn as_root_an_included_file_others_can_write_is_refused() {
+    if !crate::harness::is_root() {
+        eprintln!("skipped: the permission check applies only when rinetd runs as root");
+        return;
+    }
+    let dir = TestDir::new("include-writable");
+    let server = dir.script("hello.sh", "echo hello").display().to_string();
+    let included = format!("services:\n{}", service("inc", &server));
+    let config = table_with_includes(&dir, "", &[("inc.yaml", &included)]);
+    assert_eq!(check_config(&config).status.code(), Some(0));
+    let file = dir.join("conf.d/inc.yaml");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(EX_CONFIG), "{text}");
+    assert!(
+        text.contains("inc.yaml") && text.contains("writable by group or others"),
+        "{text}"
+    );
+}

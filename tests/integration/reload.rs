@@ -180,3 +180,27 @@ fn max_children_counts_carry_over_a_reload() {
     );
     assert_eq!(read_to_eof(&mut second), "done second\n");
 }
+
+#[test]
+fn a_burst_of_sighups_is_coalesced_and_the_service_keeps_answering() {
+    let dir = TestDir::new("reload-burst");
+    let hello = dir.script("hello.sh", "echo hello");
+    let daemon = Daemon::start(&dir, &[Service::new("hello", &hello)]);
+    let port = daemon.port("hello");
+    for _ in 0..50 {
+        kill(Pid::from_raw(daemon.pid()), Signal::SIGHUP).expect("SIGHUP");
+    }
+    daemon.wait_for_line("reloaded ");
+    assert_eq!(try_request(port), Ok("hello\n".to_string()));
+    // Stop, so the log is complete: the 50 signals came as fewer reloads, each one whole.
+    let mut daemon = daemon;
+    assert!(daemon.stop().success());
+    let lines = daemon.lines();
+    let started = lines
+        .iter()
+        .filter(|l| l.contains("rinetd: reloading"))
+        .count();
+    let finished = lines.iter().filter(|l| l.contains("reloaded ")).count();
+    assert!((1..=50).contains(&finished), "{finished} reloads");
+    assert_eq!(started, finished, "every reload that started finished");
+}
