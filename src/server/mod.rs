@@ -176,20 +176,25 @@ impl ServiceState {
 
 /// A datagram as `wait: true` first saw it, to recognise it if the handler leaves it unread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Sender, length and content are the contract's test; the kernel's arrival time (SO_TIMESTAMPNS)
+/// tells a client's byte-identical retry (TFTP and DNS clients send those) from the original.
 struct Fingerprint {
     sender: SocketAddr,
     len: usize,
     hash: u64,
+    arrived: Option<(i64, i64)>,
 }
 
 impl Fingerprint {
-    fn of(sender: SocketAddr, datagram: &[u8]) -> Fingerprint {
+    fn of(sender: SocketAddr, datagram: &[u8], arrived: Option<(i64, i64)>) -> Fingerprint {
         let mut hasher = DefaultHasher::new();
         datagram.hash(&mut hasher);
         Fingerprint {
             sender,
             len: datagram.len(),
             hash: hasher.finish(),
+            arrived,
         }
     }
 }
@@ -450,6 +455,7 @@ impl Server {
         let state = &mut self.services[service];
         let backlog = state.service.spec.backlog;
         let datagram = state.service.spec.protocol == Protocol::Udp;
+        let kind = state.kind;
         let listener = &mut state.listeners[index];
         let bound = match &listener.endpoint {
             Endpoint::Ip(address) if datagram => bind_udp(*address),
@@ -465,6 +471,9 @@ impl Server {
                 Endpoint::Unix(_) => None,
             };
             let socket = if datagram {
+                if kind == Kind::Wait {
+                    datagram::stamp_arrivals(&socket)?;
+                }
                 Bound::Datagram(socket.into())
             } else {
                 Bound::Stream(socket)

@@ -3,14 +3,19 @@
 
 mod harness;
 
+mod builtins;
 mod cli;
 mod config_errors;
 mod daemonize;
+mod datagrams;
 mod environment;
 mod limits;
 mod privileges;
+mod proxy_protocol;
 mod recovery;
 mod robustness;
 mod stderr_modes;
 mod tcp;
 mod timeouts;
+mod unix_sockets;
+mod wait_mode;
