@@ -3,14 +3,19 @@
 //! bookkeeping of `wait: true`.
 
 use std::fs::File;
+use std::io::IoSliceMut;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Instant, SystemTime};
 
 use log::{debug, info, warn};
 use mio::{Interest, Token};
 use nix::fcntl::OFlag;
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
+use nix::sys::time::TimeSpec;
 use nix::unistd::pipe2;
 
 use super::{
@@ -49,11 +54,43 @@ fn receive(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<(usize, Sock
     }
 }
 
+/// Asks the kernel to time-stamp each datagram's arrival (see `Fingerprint`).
+pub(super) fn stamp_arrivals(socket: &impl AsFd) -> io::Result<()> {
+    setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
+}
+
 /// The first datagram in the queue, as a fingerprint, without taking it.
 pub(super) fn peek_fingerprint(socket: &UdpSocket) -> Option<Fingerprint> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let (len, sender) = socket.peek_from(&mut buf).ok()?;
-    Some(Fingerprint::of(sender, &buf[..len]))
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut control = nix::cmsg_space!(TimeSpec);
+    let message = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()?;
+    let arrived = message.cmsgs().ok()?.find_map(|cmsg| match cmsg {
+        ControlMessageOwned::ScmTimestampns(at) => Some((at.tv_sec(), at.tv_nsec())),
+        _ => None,
+    });
+    let sender = message.address.as_ref().and_then(socket_address)?;
+    let len = message.bytes;
+    Some(Fingerprint::of(
+        sender,
+        &buf[..len.min(MAX_DATAGRAM)],
+        arrived,
+    ))
+}
+
+fn socket_address(storage: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = storage.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    storage
+        .as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 pub(super) fn discard_one(socket: &UdpSocket) -> io::Result<usize> {

@@ -202,20 +202,25 @@ impl ServiceState {
 
 /// A datagram as `wait: true` first saw it, to recognise it if the handler leaves it unread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Sender, length and content are the contract's test; the kernel's arrival time (SO_TIMESTAMPNS)
+/// tells a client's byte-identical retry (TFTP and DNS clients send those) from the original.
 struct Fingerprint {
     sender: SocketAddr,
     len: usize,
     hash: u64,
+    arrived: Option<(i64, i64)>,
 }
 
 impl Fingerprint {
-    fn of(sender: SocketAddr, datagram: &[u8]) -> Fingerprint {
+    fn of(sender: SocketAddr, datagram: &[u8], arrived: Option<(i64, i64)>) -> Fingerprint {
         let mut hasher = DefaultHasher::new();
         datagram.hash(&mut hasher);
         Fingerprint {
             sender,
             len: datagram.len(),
             hash: hasher.finish(),
+            arrived,
         }
     }
 }
@@ -536,6 +541,7 @@ impl Server {
         let state = &mut self.services[service];
         let backlog = state.service.spec.backlog;
         let datagram = state.service.spec.protocol == Protocol::Udp;
+        let kind = state.kind;
         let listener = &mut state.listeners[index];
         let adopted = take_adopted(&mut self.adopted, &listener.endpoint, datagram);
         let inherited = adopted.is_some();
@@ -554,6 +560,9 @@ impl Server {
                 Endpoint::Unix(_) => None,
             };
             let socket = if datagram {
+                if kind == Kind::Wait {
+                    datagram::stamp_arrivals(&socket)?;
+                }
                 Bound::Datagram(socket.into())
             } else {
                 Bound::Stream(socket)

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -369,12 +369,18 @@ impl Daemon {
 
     /// The addresses service `name` listens on, from its `listening address=` lines.
     pub fn addresses(&self, name: &str) -> Vec<SocketAddr> {
-        let prefix = format!("{name}/tcp: listening address=");
+        self.addresses_of(name, "tcp")
+    }
+
+    /// The addresses service `name` listens on for `proto` (`tcp` or `udp`).
+    pub fn addresses_of(&self, name: &str, proto: &str) -> Vec<SocketAddr> {
+        // Anchored: `time/tcp` must not match `daytime/tcp`'s line.
+        let prefix = format!("rinetd: {name}/{proto}: listening address=");
         let addresses: Vec<SocketAddr> = self
             .lines()
             .iter()
-            .filter_map(|line| line.split_once(&prefix))
-            .map(|(_, address)| address.split(' ').next().unwrap_or_default())
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .map(|address| address.split(' ').next().unwrap_or_default())
             .map(|address| address.parse().expect("listening address parses"))
             .collect();
         assert!(
@@ -549,4 +555,142 @@ pub fn open_fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Builtins, datagrams and UNIX sockets
+// ---------------------------------------------------------------------------------------------
+
+impl Service {
+    /// A service answered by `builtin` (`echo`, `chargen`…), tcp on 127.0.0.1 and an ephemeral
+    /// port unless overridden (`.set("protocol", "udp")`).
+    pub fn builtin(name: &str, builtin: &str) -> Service {
+        Service {
+            name: name.to_string(),
+            keys: vec![
+                ("address".into(), "127.0.0.1".into()),
+                ("port".into(), "0".into()),
+                ("builtin".into(), builtin.to_string()),
+            ],
+        }
+    }
+
+    /// A `protocol: unix` service listening on `path`, served by `server`.
+    pub fn unix(name: &str, server: &Path, path: &Path) -> Service {
+        Service::new(name, server)
+            .unset("address")
+            .unset("port")
+            .set("protocol", "unix")
+            .set("path", &path.display().to_string())
+    }
+
+    /// Removes `key` (for keys `new` writes that a service must not have).
+    pub fn unset(mut self, key: &str) -> Service {
+        self.keys.retain(|(k, _)| k != key);
+        self
+    }
+}
+
+impl Daemon {
+    /// The first address UDP service `name` listens on.
+    pub fn udp_address(&self, name: &str) -> SocketAddr {
+        self.addresses_of(name, "udp")[0]
+    }
+
+    /// How many log lines so far contain `pattern`.
+    pub fn count_lines(&self, pattern: &str) -> usize {
+        self.log
+            .lock()
+            .lines
+            .iter()
+            .filter(|line| line.contains(pattern))
+            .count()
+    }
+}
+
+/// A UDP socket on `address` whose receives fail after `DEADLINE` instead of hanging the suite.
+pub fn udp_socket_on(address: SocketAddr) -> UdpSocket {
+    let socket = UdpSocket::bind(address).unwrap_or_else(|e| panic!("bind {address}: {e}"));
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    socket
+}
+
+/// A UDP client on 127.0.0.1 and an ephemeral port.
+pub fn udp_client() -> UdpSocket {
+    udp_socket_on((Ipv4Addr::LOCALHOST, 0).into())
+}
+
+/// The next datagram `socket` receives, which must come from `sender`.
+pub fn receive_from(socket: &UdpSocket, sender: SocketAddr) -> Vec<u8> {
+    let mut buf = vec![0u8; 65_536];
+    let (len, from) = socket
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no datagram from {sender}: {e}"));
+    assert_eq!(from, sender, "a datagram from the wrong sender");
+    buf.truncate(len);
+    buf
+}
+
+/// Sends `payload` from `socket` to `service` and returns the reply.
+pub fn udp_exchange(socket: &UdpSocket, service: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    socket.send_to(payload, service).expect("send datagram");
+    receive_from(socket, service)
+}
+
+/// Whether a datagram is queued on `socket` right now (without waiting or taking it).
+pub fn has_datagram(socket: &UdpSocket) -> bool {
+    socket.set_nonblocking(true).unwrap();
+    let queued = socket.peek_from(&mut [0u8; 1]).is_ok();
+    socket.set_nonblocking(false).unwrap();
+    queued
+}
+
+/// What the peer sent before it closed the connection, by FIN or by RST (a peer that closes
+/// with unread input resets the connection: "closed, nothing written" either way).
+pub fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(err) => panic!("read until the connection closes: {err}"),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A UDP echo builtin named `sync`, to run next to services under test (see `udp_sync`).
+pub fn udp_sync_service() -> Service {
+    Service::builtin("sync", "echo").set("protocol", "udp")
+}
+
+/// A round trip from `client` through `udp_sync_service`: everything `client` sent before has
+/// been handled, and any reply to it is already queued on `client`, ahead of this one
+/// (`receive_from` checks each reply's sender).
+pub fn udp_sync(daemon: &Daemon, client: &UdpSocket) {
+    let sync = daemon.udp_address("sync");
+    assert_eq!(udp_exchange(client, sync, b"sync"), b"sync");
+}
+
+/// Connects to `name` and checks the connection is closed at once with nothing written, the
+/// refusal logged with the client's address and `reason`, and no handler started for it.
+pub fn assert_refused(daemon: &Daemon, name: &str, reason: &str) -> LogLine {
+    let mut client = daemon.connect(name);
+    let client_address = client.local_addr().unwrap();
+    assert_eq!(
+        read_to_eof(&mut client),
+        "",
+        "a refused client gets nothing"
+    );
+    let refused = daemon.wait_for_line(&format!(
+        "{name}/tcp: refused client={client_address} reason={reason}"
+    ));
+    let accepted = format!("accepted client={client_address} ");
+    assert!(
+        !daemon.lines().iter().any(|line| line.contains(&accepted)),
+        "a refused client must not get a handler"
+    );
+    refused
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::Shutdown;
 use std::path::PathBuf;
 
-use crate::harness::{Daemon, LogLine, Service, TestDir, exchange, read_line, read_to_eof};
+use crate::harness::{Daemon, Service, TestDir, assert_refused, exchange, read_line, read_to_eof};
 
 /// Blocks until the client sends a line, then answers it: the test decides when it exits.
 fn line_echo(dir: &TestDir) -> PathBuf {
@@ -17,27 +17,6 @@ fn finish(mut client: std::net::TcpStream, line: &str) {
     client.write_all(format!("{line}\n").as_bytes()).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_eof(&mut client), format!("got {line}\n"));
-}
-
-/// Connects to `name` and checks the connection is closed at once with nothing written, the
-/// refusal logged with the client's address and `reason`, and no handler started for it.
-fn assert_refused(daemon: &Daemon, name: &str, reason: &str) -> LogLine {
-    let mut client = daemon.connect(name);
-    let client_address = client.local_addr().unwrap();
-    assert_eq!(
-        read_to_eof(&mut client),
-        "",
-        "a refused client gets nothing"
-    );
-    let refused = daemon.wait_for_line(&format!(
-        "{name}/tcp: refused client={client_address} reason={reason}"
-    ));
-    let accepted = format!("accepted client={client_address} ");
-    assert!(
-        !daemon.lines().iter().any(|line| line.contains(&accepted)),
-        "a refused client must not get a handler"
-    );
-    refused
 }
 
 #[test]

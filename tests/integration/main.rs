@@ -3,17 +3,22 @@
 
 mod harness;
 
+mod builtins;
 mod cli;
 mod config_errors;
 mod daemonize;
+mod datagrams;
 mod environment;
 mod includes;
 mod lifecycle;
 mod limits;
 mod privileges;
+mod proxy_protocol;
 mod recovery;
 mod reload;
 mod robustness;
 mod stderr_modes;
 mod tcp;
 mod timeouts;
+mod unix_sockets;
+mod wait_mode;
