@@ -31,6 +31,15 @@ pub(super) const MAX_REPLY: usize = 65_507;
 /// Big enough for any datagram.
 const MAX_DATAGRAM: usize = 65_536;
 
+/// What `next_datagram` found.
+enum Next {
+    Admitted(usize, SocketAddr),
+    /// Dropped (loop protection) or refused: try the next one.
+    Skipped,
+    /// Nothing more to read now.
+    Empty,
+}
+
 /// A per-datagram handler's stdout, collected until it exits and then sent to `peer`.
 pub(super) struct Reply {
     service: usize,
@@ -110,103 +119,123 @@ impl Server {
         }
     }
 
+    /// The next datagram on listener `index` that may be served: received, counted against
+    /// `rate_limit`, and checked against the access lists (refused ones are logged and skipped).
+    /// With `loop_protection`, datagrams from the ports of answering services are dropped first.
+    fn next_datagram(
+        &mut self,
+        service: usize,
+        index: usize,
+        buf: &mut [u8],
+        loop_protection: bool,
+    ) -> Next {
+        let Some(socket) = self.udp_socket(service, index) else {
+            return Next::Empty;
+        };
+        let (len, peer) = match receive(socket, buf) {
+            Ok(Some(got)) => got,
+            Ok(None) => return Next::Empty,
+            Err(err) => {
+                let label = self.services[service].label();
+                warn!("{label}: receive failed error={err}");
+                return Next::Empty;
+            }
+        };
+        if loop_protection && LOOP_PORTS.contains(&peer.port()) {
+            let label = self.services[service].label();
+            debug!(
+                "{label}: dropped a datagram from port {} (loop protection)",
+                peer.port()
+            );
+            return Next::Skipped;
+        }
+        self.count_for_rate_limit(service, Instant::now());
+        let state = &mut self.services[service];
+        match state.refusal(peer.ip()) {
+            Some(reason) => {
+                state.refuse(&peer.to_string(), reason);
+                Next::Skipped
+            }
+            None => Next::Admitted(len, peer),
+        }
+    }
+
+    /// Runs `serve` for each admitted datagram of listener `index` until the socket is empty,
+    /// the service cannot take more, or the turn is over (then it gets another turn soon).
+    fn serve_datagrams(
+        &mut self,
+        service: usize,
+        index: usize,
+        loop_protection: bool,
+        mut serve: impl FnMut(&mut Server, &[u8], SocketAddr) -> bool,
+    ) {
+        let mut buf = std::mem::take(&mut self.datagram_buffer);
+        buf.resize(MAX_DATAGRAM, 0);
+        let mut finished = false;
+        for _ in 0..super::TURN {
+            if self.stopping.is_some() || !self.services[service].can_accept() {
+                finished = true;
+                break;
+            }
+            match self.next_datagram(service, index, &mut buf, loop_protection) {
+                Next::Admitted(len, peer) => {
+                    if !serve(self, &buf[..len], peer) {
+                        finished = true;
+                        break;
+                    }
+                }
+                Next::Skipped => {}
+                Next::Empty => {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        self.datagram_buffer = buf;
+        if !finished {
+            let token = self.services[service].listeners[index].token;
+            self.again.push_back(token);
+        }
+    }
+
     /// Builtins answer each datagram at once; datagrams from the ports of other answering
     /// services are dropped (echo ↔ chargen loops).
     pub(super) fn datagrams_to_builtin(&mut self, service: usize, index: usize, builtin: Builtin) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        for _ in 0..super::TURN {
-            if self.stopping.is_some() || !self.services[service].can_accept() {
-                return;
-            }
-            let Some(socket) = self.udp_socket(service, index) else {
-                return;
-            };
-            let (len, peer) = match receive(socket, &mut buf) {
-                Ok(Some(got)) => got,
-                Ok(None) => return,
-                Err(err) => {
-                    warn!(
-                        "{}: receive failed error={err}",
-                        self.services[service].label()
-                    );
-                    return;
-                }
-            };
-            if LOOP_PORTS.contains(&peer.port()) {
-                debug!(
-                    "{}: dropped a datagram from port {} (loop protection)",
-                    self.services[service].label(),
-                    peer.port()
-                );
-                continue;
-            }
-            self.count_for_rate_limit(service, Instant::now());
-            let state = &mut self.services[service];
-            if let Some(reason) = state.refusal(peer.ip()) {
-                state.refuse(&peer.to_string(), reason);
-                continue;
-            }
-            self.random ^= self.random << 13;
-            self.random ^= self.random >> 17;
-            self.random ^= self.random << 5;
-            let reply =
-                builtin::datagram_reply(builtin, &buf[..len], SystemTime::now(), self.random);
-            if let (Some(reply), Some(socket)) = (reply, self.udp_socket(service, index)) {
+        self.serve_datagrams(service, index, true, |server, request, peer| {
+            server.random ^= server.random << 13;
+            server.random ^= server.random >> 17;
+            server.random ^= server.random << 5;
+            let reply = builtin::datagram_reply(builtin, request, SystemTime::now(), server.random);
+            if let (Some(reply), Some(socket)) = (reply, server.udp_socket(service, index)) {
                 // A full send buffer drops the reply, as the network could have.
                 let _ = socket.send_to(&reply, peer);
             }
-        }
-        let token = self.services[service].listeners[index].token;
-        self.again.push_back(token);
+            true
+        });
     }
 
     /// `wait: false` udp: a handler per datagram, while max_children allows (beyond it the
     /// datagrams wait in the socket's buffer).
     pub(super) fn datagrams_to_handlers(&mut self, service: usize, index: usize) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        for _ in 0..super::TURN {
-            if self.stopping.is_some() || !self.services[service].can_accept() {
-                return;
-            }
-            if !self.prepare_pipe(service) {
-                return;
-            }
-            let Some(socket) = self.udp_socket(service, index) else {
-                return;
-            };
-            let local = self.services[service].listeners[index].bound;
-            let (len, peer) = match receive(socket, &mut buf) {
-                Ok(Some(got)) => got,
-                Ok(None) => return,
-                Err(err) => {
-                    warn!(
-                        "{}: receive failed error={err}",
-                        self.services[service].label()
-                    );
-                    return;
-                }
-            };
-            self.count_for_rate_limit(service, Instant::now());
-            let state = &mut self.services[service];
-            if let Some(reason) = state.refusal(peer.ip()) {
-                state.refuse(&peer.to_string(), reason);
-                continue;
-            }
-            let local = local.unwrap_or(peer);
-            if let Err(err) = self.handle_datagram(service, index, &buf[..len], peer, local) {
-                if is_resource_exhaustion(&err) {
-                    self.back_off(service, ACCEPT_BACKOFF, "datagram dropped", &err);
-                } else {
-                    warn!(
-                        "{}: datagram dropped error={err}",
-                        self.services[service].label()
-                    );
-                }
-                return;
-            }
+        if !self.prepare_pipe(service) {
+            return;
         }
-        let token = self.services[service].listeners[index].token;
-        self.again.push_back(token);
+        self.serve_datagrams(service, index, false, |server, datagram, peer| {
+            let local = server.services[service].listeners[index]
+                .bound
+                .unwrap_or(peer);
+            if let Err(err) = server.handle_datagram(service, index, datagram, peer, local) {
+                if is_resource_exhaustion(&err) {
+                    server.back_off(service, ACCEPT_BACKOFF, "datagram dropped", &err);
+                } else {
+                    let label = server.services[service].label();
+                    warn!("{label}: datagram dropped error={err}");
+                }
+                return false;
+            }
+            // The next datagram's pipe, before it is read.
+            server.prepare_pipe(service)
+        });
     }
 
     /// Starts a handler with `datagram` as its whole stdin and a pipe as its stdout.

@@ -310,6 +310,8 @@ pub struct Server {
     spare_pipe: Option<OutputPipe>,
     /// Sockets rinetd itself was socket-activated with, until a service claims them.
     adopted: Vec<Socket>,
+    /// Receive buffer of the datagram services, kept between turns (64 KiB).
+    datagram_buffer: Vec<u8>,
     /// xorshift state for chargen's datagram lengths.
     random: u32,
     stopping: Option<Instant>,
@@ -398,6 +400,7 @@ impl Server {
             inherited,
             spare_pipe: None,
             adopted: Vec::new(),
+            datagram_buffer: Vec::new(),
             random: std::process::id() | 1,
             stopping: None,
         };
