@@ -3,7 +3,7 @@ CARGO ?= cargo
 ETC := $(CURDIR)/etc
 RUN_CONF := $(CURDIR)/target/rinetd-run.conf
 
-.PHONY: all build release run test check fmt clippy bench clean
+.PHONY: all build release run test check deps fmt clippy bench clean
 
 all: build
 
@@ -19,7 +19,7 @@ $(RUN_CONF): etc/rinetd.conf
 	sed 's#@ETC@#$(ETC)#g' etc/rinetd.conf > $@
 
 run: build $(RUN_CONF)
-	@echo "rinetd: serving etc/rinetd.conf; try:  nc 127.0.0.1 8080   or   nc 127.0.0.1 8081   (Ctrl-C stops)"
+	@echo "rinetd: serving etc/rinetd.conf; try:  nc 127.0.0.1 8080,  nc 127.0.0.1 8081,  or  nc 127.0.0.1 8007 (echo)   (Ctrl-C stops)"
 	./target/release/rinetd -f -c $(RUN_CONF)
 
 fmt:
@@ -30,7 +30,18 @@ clippy:
 
 check: fmt clippy
 
-test: check
+# Tools the integration tests run besides rinetd: python3 handlers (run with rinetd's fixed
+# PATH, so it must be /usr/bin/python3) and util-linux's prlimit, setpriv and unshare.
+deps:
+	@missing=""; \
+	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
+	for tool in prlimit setpriv unshare; do command -v $$tool >/dev/null || missing="$$missing util-linux"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: check deps
 	$(CARGO) test --all-targets
 
 clean:
