@@ -229,8 +229,9 @@ enum Role {
     /// A stream connection's handler.
     Connection,
     /// A `wait: true` handler holding listener `index`.
+    /// By token, not index: a reload may reorder or remove the service's listeners meanwhile.
     Wait {
-        index: usize,
+        listener: Token,
         trigger: Option<Fingerprint>,
     },
     /// A datagram's handler; its reply is collected under `reply`.
@@ -821,7 +822,10 @@ impl Server {
             Stdio::Listening(fd),
             &vars,
             None,
-            Role::Wait { index, trigger },
+            Role::Wait {
+                listener: state.listeners[index].token,
+                trigger,
+            },
         ) {
             let state = &mut self.services[service];
             state.waiting = Some(pid);
@@ -834,13 +838,15 @@ impl Server {
     fn wait_ended(
         &mut self,
         service: usize,
-        index: usize,
+        listener: Token,
         trigger: Option<Fingerprint>,
         failed_fast: bool,
     ) {
         let state = &mut self.services[service];
         state.waiting = None;
-        if let Some(socket) = &state.listeners[index].socket {
+        // Gone if a reload removed it while the handler ran: nothing to take back then.
+        let socket = state.listeners.iter().find(|l| l.token == listener);
+        if let Some(socket) = socket.and_then(|l| l.socket.as_ref()) {
             // The handler shared the socket's file description and made it blocking.
             let _ = socket.set_nonblocking(true);
             if let (Some(trigger), Bound::Datagram(socket)) = (trigger, socket)
@@ -966,9 +972,9 @@ impl Server {
         );
         match child.role {
             Role::Connection => {}
-            Role::Wait { index, trigger } => {
+            Role::Wait { listener, trigger } => {
                 let failed_fast = status != "0" && elapsed < WAIT_RESTART_DELAY;
-                self.wait_ended(child.service, index, trigger, failed_fast);
+                self.wait_ended(child.service, listener, trigger, failed_fast);
             }
             Role::Datagram { reply } => self.send_reply(reply),
         }

@@ -204,3 +204,42 @@ fn a_burst_of_sighups_is_coalesced_and_the_service_keeps_answering() {
     assert!((1..=50).contains(&finished), "{finished} reloads");
     assert_eq!(started, finished, "every reload that started finished");
 }
+
+#[test]
+fn removing_a_wait_service_while_its_handler_holds_the_socket_is_safe() {
+    let dir = TestDir::new("reload-wait-removed");
+    // A wait handler that accepts one client and answers once the client sends a line.
+    let handler = dir.write(
+        "wait.py",
+        "#!/usr/bin/env python3\nimport socket\nlistener = socket.socket(fileno=3)\n\
+         conn, _ = listener.accept()\nline = conn.makefile().readline().strip()\n\
+         conn.sendall(('held ' + line + '\\n').encode())\n",
+        0o755,
+    );
+    let other = dir.script("other.sh", "echo other");
+    let daemon = Daemon::start(
+        &dir,
+        &[
+            Service::new("held", &handler).set("wait", "true"),
+            Service::new("other", &other),
+        ],
+    );
+    let mut client = daemon.connect("held");
+    let ready = daemon.wait_for_line("held/tcp: handed over");
+    let summary = reload(
+        &daemon,
+        &dir,
+        &services_yaml(&[Service::new("other", &other)]),
+        &ready,
+        "reloaded ",
+    );
+    assert!(summary.text.contains("removed=1"), "{}", summary.text);
+    writeln!(client, "x").unwrap();
+    assert_eq!(read_line(&mut client), "held x", "the handler runs on");
+    daemon.wait_for_line("held/tcp: exited");
+    assert_eq!(
+        daemon.request("other", ""),
+        "other\n",
+        "the daemon is still there"
+    );
+}
