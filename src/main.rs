@@ -31,11 +31,16 @@ use crate::resolve::{Host, Service};
 const EX_CONFIG: u8 = 78;
 const EX_OSERR: u8 = 71;
 
+/// The table's path, made absolute (without resolving symlinks) before anything reads it, so
+/// that start-up and every reload read the same file and resolve includes from the same folder,
+/// even after detaching has changed the working directory.
 fn config_path(cli: &Cli) -> PathBuf {
-    cli.config
+    let path = cli
+        .config
         .clone()
         .or_else(|| std::env::var_os("RINETD_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/rinetd.conf"))
+        .unwrap_or_else(|| PathBuf::from("/etc/rinetd.conf"));
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// Reads, parses and resolves the table: the services and warnings, or every error as a line.
@@ -158,8 +163,6 @@ fn main() -> ExitCode {
             Ok(())
         })
     };
-    // Reloads read the same file even after detaching has changed the working directory.
-    let path = std::fs::canonicalize(&path).unwrap_or(path);
     let format = cli.format;
     let reload = Box::new(move || {
         load(&path, format).map(|(services, _, warnings)| {

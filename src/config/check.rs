@@ -10,8 +10,7 @@ use ipnet::IpNet;
 use serde_saphyr::Spanned;
 
 use super::raw::{
-    NameProbe, OneOrMany, ProbeFile, RATE_LIMIT_KEYS, RawFile, RawIncluded, RawRateLimit,
-    RawService, SERVICE_KEYS, Scalar, TOP_KEYS,
+    NameProbe, OneOrMany, ProbeFile, RawFile, RawIncluded, RawRateLimit, RawService, Scalar,
 };
 use super::{
     Builtin, ConfigError, Handler, IdSpec, LimitValue, PortSpec, Pos, Protocol, RateLimit,
@@ -185,15 +184,9 @@ fn unknown_key_message(rest: &str) -> String {
         .map(|word| word.trim().trim_matches('`'))
         .filter(|word| !word.is_empty())
         .collect();
-    let known: &[&str] = if candidates.iter().any(|c| SERVICE_KEYS.contains(c)) {
-        SERVICE_KEYS
-    } else if candidates.iter().any(|c| TOP_KEYS.contains(c)) {
-        TOP_KEYS
-    } else if candidates.iter().any(|c| RATE_LIMIT_KEYS.contains(c)) {
-        RATE_LIMIT_KEYS
-    } else {
-        &candidates
-    };
+    // The keys serde says are valid where the mistake is (an included file takes `services`
+    // only, for instance).
+    let known = &candidates;
     match nearest(key, known) {
         Some(near) => format!("unknown key \"{key}\" (did you mean \"{near}\"?)"),
         None => format!("unknown key \"{key}\" (valid keys: {})", known.join(", ")),
@@ -623,7 +616,33 @@ impl Checker<'_> {
         protocol: Protocol,
         builtin: bool,
     ) {
-        if protocol == Protocol::Unix {
+        let stream_wait = protocol != Protocol::Udp && s.wait.as_ref().is_some_and(|w| w.value);
+        if stream_wait {
+            for (key, pos) in [
+                ("only_from", s.only_from.as_ref().map(pos_of)),
+                ("no_access", s.no_access.as_ref().map(pos_of)),
+                ("per_source", s.per_source.as_ref().map(pos_of)),
+                ("keepalive", s.keepalive.as_ref().map(pos_of)),
+            ] {
+                if let Some(pos) = pos {
+                    let why =
+                        "does not apply to wait: true (the handler accepts its clients itself)";
+                    self.error(pos, svc, format!("key \"{key}\": {why}"));
+                }
+            }
+        }
+        if protocol == Protocol::Udp {
+            for (key, pos) in [
+                ("keepalive", s.keepalive.as_ref().map(pos_of)),
+                ("backlog", s.backlog.as_ref().map(pos_of)),
+            ] {
+                if let Some(pos) = pos {
+                    let why = "does not apply to protocol udp (no connections)";
+                    self.error(pos, svc, format!("key \"{key}\": {why}"));
+                }
+            }
+        }
+        if protocol == Protocol::Unix && !stream_wait {
             for (key, pos) in [
                 ("only_from", s.only_from.as_ref().map(pos_of)),
                 ("no_access", s.no_access.as_ref().map(pos_of)),
@@ -1021,7 +1040,8 @@ impl Checker<'_> {
                 pos_of(value),
                 svc,
                 format!(
-                    "key \"{key}\": quote the octal value, e.g. {key}: \"0{text}\" (YAML 1.2 reads an unquoted {text} as a decimal number)"
+                    "key \"{key}\": quote the octal value, e.g. {key}: \"{}\" (YAML 1.2 reads an unquoted {text} as a decimal number)",
+                    if text.starts_with('0') { text.clone() } else { format!("0{text}") }
                 ),
             );
             return None;

@@ -41,7 +41,7 @@ pub enum NameProbe {
     Other(serde::de::IgnoredAny),
 }
 
-/// The keys a service entry (or `defaults:`) may hold. Kept in step with `SERVICE_KEYS`.
+/// The keys a service entry (or `defaults:`) may hold.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
@@ -77,42 +77,6 @@ pub struct RawService {
     pub proxy_protocol: Option<Spanned<bool>>,
     pub disabled: Option<Spanned<bool>>,
 }
-
-/// Every key a service may hold, for "did you mean" suggestions.
-pub const SERVICE_KEYS: &[&str] = &[
-    "name",
-    "protocol",
-    "address",
-    "port",
-    "path",
-    "socket_mode",
-    "server",
-    "args",
-    "builtin",
-    "wait",
-    "user",
-    "group",
-    "env",
-    "pass_env",
-    "cwd",
-    "stderr",
-    "max_children",
-    "per_source",
-    "rate_limit",
-    "only_from",
-    "no_access",
-    "timeout",
-    "rlimits",
-    "nice",
-    "umask",
-    "backlog",
-    "keepalive",
-    "proxy_protocol",
-    "disabled",
-];
-
-pub const TOP_KEYS: &[&str] = &["defaults", "include", "services"];
-pub const RATE_LIMIT_KEYS: &[&str] = &["max", "per", "pause"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

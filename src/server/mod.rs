@@ -118,6 +118,8 @@ struct Listener {
     bound: Option<SocketAddr>,
     /// A bind failed and a retry is scheduled (so a reload does not start a second one).
     retrying: bool,
+    /// Passed in by a service manager (LISTEN_FDS): its socket file is not rinetd's to remove.
+    inherited: bool,
 }
 
 #[derive(Default)]
@@ -416,6 +418,7 @@ impl Server {
                     socket: None,
                     bound: None,
                     retrying: false,
+                    inherited: false,
                 })
                 .collect();
             server.services.push(ServiceState::new(service, listeners));
@@ -473,8 +476,15 @@ impl Server {
             }
         }
         for socket in self.adopted.drain(..) {
-            let address = socket.local_addr().ok().and_then(|a| a.as_socket());
-            warn!("inherited socket {address:?} matches no service; closed");
+            let address = socket.local_addr().ok().map_or_else(
+                || "(unknown)".to_string(),
+                |a| match (a.as_socket(), a.as_pathname()) {
+                    (Some(ip), _) => ip.to_string(),
+                    (None, Some(path)) => path.display().to_string(),
+                    (None, None) => "(unnamed)".to_string(),
+                },
+            );
+            warn!("inherited socket {address} matches no service; closed");
         }
         let listeners: usize = self
             .services
@@ -586,6 +596,7 @@ impl Server {
                 info!("{}: listening address={shown}{how}", state.service.label);
                 listener.socket = Some(socket);
                 listener.bound = address;
+                listener.inherited = inherited;
                 self.sources
                     .insert(listener.token, Source::Listener { service, index });
                 // Clients may have queued while the port was being retried.
@@ -1069,7 +1080,8 @@ impl Server {
                         .registry()
                         .deregister(&mut SourceFd(&socket.as_raw_fd()));
                     self.sources.remove(&listener.token);
-                    if let Endpoint::Unix(path) = &listener.endpoint {
+                    if let (Endpoint::Unix(path), false) = (&listener.endpoint, listener.inherited)
+                    {
                         let _ = std::fs::remove_file(path);
                     }
                 }
@@ -1095,13 +1107,19 @@ impl Server {
     }
 
     fn status(&self) {
+        // A retired service is shown while handlers it started still run, then no more.
+        let shown: Vec<&ServiceState> = self
+            .services
+            .iter()
+            .filter(|s| !s.retired || s.running > 0)
+            .collect();
         info!(
             "status services={} handlers={}",
-            self.services.len(),
+            shown.len(),
             self.children.len()
         );
         let now = Instant::now();
-        for state in &self.services {
+        for state in shown {
             let bound: Vec<String> = state
                 .listeners
                 .iter()
@@ -1126,20 +1144,19 @@ impl Server {
             } else {
                 "listening".to_string()
             };
-            let refused: Vec<String> = state
+            let refused: String = state
                 .counters
                 .refused
                 .iter()
-                .map(|(reason, n)| format!("refused_{reason}={n}"))
+                .map(|(reason, n)| format!(" refused_{reason}={n}"))
                 .collect();
             info!(
-                "{}: status state={phase} address={} running={} accepted={} spawn_failures={} {}",
+                "{}: status state={phase} address={} running={} accepted={} spawn_failures={}{refused}",
                 state.label(),
                 bound.join(","),
                 state.running,
                 state.counters.accepted,
                 state.counters.spawn_failures,
-                refused.join(" ")
             );
         }
     }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use log::info;
 
-use super::{Bound, Listener, Server, ServiceState, Source, kind_of};
+use super::{Bound, Kind, Listener, Server, ServiceState, Source, kind_of};
 use crate::config::{Handler, Pos, Protocol, ServiceSpec};
 use crate::resolve::{Endpoint, Service};
 
@@ -100,6 +100,7 @@ impl Server {
                             socket: None,
                             bound: None,
                             retrying: false,
+                            inherited: false,
                         },
                     }
                 })
@@ -122,7 +123,20 @@ impl Server {
                 }
                 None => {
                     summary.added += 1;
-                    self.services.push(ServiceState::new(service, listeners));
+                    // A retired service with nothing left running frees its slot: nothing
+                    // refers to it any more (timers that still name it find it not paused).
+                    let state = ServiceState::new(service, listeners);
+                    let free = (0..previous_count).find(|&index| {
+                        let old = &self.services[index];
+                        old.retired && old.running == 0 && !carried.contains(&index)
+                    });
+                    match free {
+                        Some(index) => {
+                            carried.insert(index);
+                            self.services[index] = state;
+                        }
+                        None => self.services.push(state),
+                    }
                 }
             }
         }
@@ -136,7 +150,7 @@ impl Server {
         for (_, (_, listener)) in sockets {
             if let Some(socket) = &listener.socket {
                 self.deregister(socket);
-                if let Endpoint::Unix(path) = &listener.endpoint {
+                if let (Endpoint::Unix(path), false) = (&listener.endpoint, listener.inherited) {
                     let _ = std::fs::remove_file(path);
                 }
             }
@@ -150,7 +164,7 @@ impl Server {
                     Some(socket) => {
                         self.sources
                             .insert(listener.token, Source::Listener { service, index });
-                        relisten(socket, state.service.spec.backlog);
+                        refresh(socket, &listener.endpoint, state);
                     }
                     None if !listener.retrying => unbound.push((service, index)),
                     None => {}
@@ -175,10 +189,23 @@ impl Server {
     }
 }
 
-/// A kept stream listener takes a changed backlog: listen(2) again on a listening socket only
-/// updates it.
-fn relisten(socket: &Bound, backlog: u32) {
-    if let Bound::Stream(socket) = socket {
-        let _ = socket.listen(backlog.min(i32::MAX as u32) as i32);
+/// A kept socket takes the settings that can change without re-binding it: the backlog
+/// (listen(2) again only updates it), a UNIX socket's mode, and arrival time stamps for a
+/// datagram socket that has become `wait: true` (see `Fingerprint`).
+fn refresh(socket: &Bound, endpoint: &Endpoint, state: &ServiceState) {
+    let spec = &state.service.spec;
+    match socket {
+        Bound::Stream(socket) => {
+            let _ = socket.listen(spec.backlog.min(i32::MAX as u32) as i32);
+        }
+        Bound::Datagram(socket) => {
+            if state.kind == Kind::Wait {
+                let _ = super::datagram::stamp_arrivals(socket);
+            }
+        }
+    }
+    if let (Endpoint::Unix(path), Some(unix)) = (endpoint, &spec.unix) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix.mode));
     }
 }

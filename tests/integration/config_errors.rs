@@ -323,6 +323,36 @@ services: []
         ],
     },
     BadConfig {
+        what: "an access list on a tcp wait service, whose handler accepts by itself",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    wait: true
+    no_access: [127.0.0.1]  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "no_access",
+            "does not apply to wait: true",
+        ],
+    },
+    BadConfig {
+        what: "keepalive on udp",
+        yaml: "services:
+  - name: hello
+    protocol: udp
+    port: 0
+    server: {server}
+    keepalive: true  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "keepalive",
+            "does not apply to protocol udp",
+        ],
+    },
+    BadConfig {
         what: "a handler setting on a builtin",
         yaml: "services:
   - name: hello

@@ -94,3 +94,30 @@ fn a_config_error_at_start_up_exits_78_with_or_without_f() {
         assert!(!pidfile.exists(), "no pidfile without a start");
     }
 }
+
+#[test]
+fn a_daemon_started_with_a_relative_table_path_reloads_that_same_table() {
+    let dir = TestDir::new("daemonize-relative");
+    let hello = dir.script("hello.sh", "echo hello");
+    let other = dir.script("other.sh", "echo other");
+    let port = free_port_on_both_families();
+    let table = |server: &Path| {
+        crate::harness::services_yaml(&[Service::new("svc", server).set("port", &port.to_string())])
+    };
+    dir.config(&table(&hello));
+    let pidfile = dir.join("rinetd.pid");
+    let stop = StopFromPidfile(&pidfile);
+    // `-c rinetd.conf` relative to the starting directory; the daemon then works from `/`.
+    let mut command = daemonizing(Path::new("rinetd.conf"), &pidfile);
+    command.current_dir(&dir.path);
+    let (status, stderr) = run_to_exit(&dir, &mut command);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    assert_eq!(exchange(connect(address), ""), "hello\n");
+    dir.config(&table(&other));
+    let pid = stop.pid().expect("a pid");
+    kill(Pid::from_raw(pid), Signal::SIGHUP).unwrap();
+    wait_until("the reloaded handler answers", || {
+        exchange(connect(address), "") == "other\n"
+    });
+}

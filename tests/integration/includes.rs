@@ -155,3 +155,15 @@ fn as_root_an_included_file_others_can_write_is_refused() {
         "{text}"
     );
 }
+
+#[test]
+fn an_included_file_holds_services_only() {
+    let dir = TestDir::new("include-services-only");
+    let config = table_with_includes(&dir, "", &[("x.yaml", "defaults: {}\nservices: []\n")]);
+    let text = all_output(&check_config(&config));
+    assert!(text.contains("x.yaml:1:1"), "{text}");
+    assert!(
+        text.contains("unknown key \"defaults\" (valid keys: services)"),
+        "{text}"
+    );
+}

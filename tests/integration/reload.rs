@@ -243,3 +243,48 @@ fn removing_a_wait_service_while_its_handler_holds_the_socket_is_safe() {
         "the daemon is still there"
     );
 }
+
+#[test]
+fn a_removed_service_leaves_the_status_dump_once_its_handlers_are_gone() {
+    let dir = TestDir::new("reload-retired");
+    let hold = dir.script("hold.sh", "read line\necho \"done $line\"");
+    let stay = dir.script("stay.sh", "echo stay");
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::new("gone", &hold), Service::new("stay", &stay)],
+    );
+    let mut client = daemon.connect("gone");
+    daemon.accepted("gone", &client);
+    let ready = daemon.wait_for_line("ready services=");
+    let reloaded = reload(
+        &daemon,
+        &dir,
+        &services_yaml(&[Service::new("stay", &stay)]),
+        &ready,
+        "reloaded ",
+    );
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGUSR1).unwrap();
+    let retired = daemon.wait_for_line_after(&reloaded, "gone/tcp: status");
+    assert!(
+        retired.text.contains("state=retired") && retired.text.contains("running=1"),
+        "{}",
+        retired.text
+    );
+    writeln!(client, "x").unwrap();
+    assert_eq!(read_line(&mut client), "done x");
+    let exited = daemon.wait_for_line_after(&reloaded, "gone/tcp: exited");
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGUSR1).unwrap();
+    let summary = daemon.wait_for_line_after(&exited, "status services=");
+    assert!(
+        summary.text.contains("status services=1 "),
+        "{}",
+        summary.text
+    );
+    daemon.wait_for_line_after(&summary, "stay/tcp: status");
+    assert!(
+        !daemon.lines()[summary.index..]
+            .iter()
+            .any(|l| l.contains("gone/tcp: status")),
+        "a retired service without handlers is no longer listed"
+    );
+}
