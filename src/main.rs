@@ -31,16 +31,12 @@ use crate::resolve::{Host, Service};
 const EX_CONFIG: u8 = 78;
 const EX_OSERR: u8 = 71;
 
-/// The table's path, made absolute (without resolving symlinks) before anything reads it, so
-/// that start-up and every reload read the same file and resolve includes from the same folder,
-/// even after detaching has changed the working directory.
+/// The table's path as the operator gave it.
 fn config_path(cli: &Cli) -> PathBuf {
-    let path = cli
-        .config
+    cli.config
         .clone()
         .or_else(|| std::env::var_os("RINETD_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/rinetd.conf"));
-    std::path::absolute(&path).unwrap_or(path)
+        .unwrap_or_else(|| PathBuf::from("/etc/rinetd.conf"))
 }
 
 /// Reads, parses and resolves the table: the services and warnings, or every error as a line.
@@ -83,7 +79,11 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
 fn main() -> ExitCode {
     let cli = Cli::parse();
     daemon::ensure_standard_fds();
-    let path = config_path(&cli);
+    let given = config_path(&cli);
+    // Absolute (symlinks kept) before anything reads it, so that start-up and every reload
+    // read the same file and resolve includes from the same folder, even after detaching has
+    // changed the working directory.
+    let path = std::path::absolute(&given).unwrap_or_else(|_| given.clone());
     let loaded = load(&path, cli.format);
     if cli.check {
         return match loaded {
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
                 for warning in warnings {
                     eprintln!("rinetd: warning: {warning}");
                 }
-                println!("{}: OK, {count} services", path.display());
+                println!("{}: OK, {count} services", given.display());
                 ExitCode::SUCCESS
             }
             Err(errors) => {
