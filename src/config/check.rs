@@ -616,47 +616,32 @@ impl Checker<'_> {
         protocol: Protocol,
         builtin: bool,
     ) {
-        let stream_wait = protocol != Protocol::Udp && s.wait.as_ref().is_some_and(|w| w.value);
-        if stream_wait {
-            for (key, pos) in [
-                ("only_from", s.only_from.as_ref().map(pos_of)),
-                ("no_access", s.no_access.as_ref().map(pos_of)),
-                ("per_source", s.per_source.as_ref().map(pos_of)),
-                ("keepalive", s.keepalive.as_ref().map(pos_of)),
-            ] {
-                if let Some(pos) = pos {
-                    let why =
-                        "does not apply to wait: true (the handler accepts its clients itself)";
-                    self.error(pos, svc, format!("key \"{key}\": {why}"));
-                }
-            }
+        let client_keys = [
+            ("only_from", s.only_from.as_ref().map(pos_of)),
+            ("no_access", s.no_access.as_ref().map(pos_of)),
+            ("per_source", s.per_source.as_ref().map(pos_of)),
+            ("keepalive", s.keepalive.as_ref().map(pos_of)),
+        ];
+        if protocol != Protocol::Udp && s.wait.as_ref().is_some_and(|w| w.value) {
+            let why = "does not apply to wait: true (the handler accepts its clients itself)";
+            self.reject_keys(svc, &client_keys, why);
+        } else if protocol == Protocol::Unix {
+            let why = "does not apply to protocol unix (a client has no address)";
+            self.reject_keys(svc, &client_keys, why);
         }
         if protocol == Protocol::Udp {
-            for (key, pos) in [
+            let keys = [
                 ("keepalive", s.keepalive.as_ref().map(pos_of)),
                 ("backlog", s.backlog.as_ref().map(pos_of)),
-            ] {
-                if let Some(pos) = pos {
-                    let why = "does not apply to protocol udp (no connections)";
-                    self.error(pos, svc, format!("key \"{key}\": {why}"));
-                }
-            }
-        }
-        if protocol == Protocol::Unix && !stream_wait {
-            for (key, pos) in [
-                ("only_from", s.only_from.as_ref().map(pos_of)),
-                ("no_access", s.no_access.as_ref().map(pos_of)),
-                ("per_source", s.per_source.as_ref().map(pos_of)),
-                ("keepalive", s.keepalive.as_ref().map(pos_of)),
-            ] {
-                if let Some(pos) = pos {
-                    let why = "does not apply to protocol unix (a client has no address)";
-                    self.error(pos, svc, format!("key \"{key}\": {why}"));
-                }
-            }
+            ];
+            self.reject_keys(
+                svc,
+                &keys,
+                "does not apply to protocol udp (no connections)",
+            );
         }
         if builtin {
-            for (key, pos) in [
+            let keys = [
                 ("user", s.user.as_ref().map(pos_of)),
                 ("group", s.group.as_ref().map(pos_of)),
                 ("env", s.env.as_ref().map(pos_of)),
@@ -667,11 +652,17 @@ impl Checker<'_> {
                 ("nice", s.nice.as_ref().map(pos_of)),
                 ("umask", s.umask.as_ref().map(pos_of)),
                 ("timeout", s.timeout.as_ref().map(pos_of)),
-            ] {
-                if let Some(pos) = pos {
-                    let why = "does not apply to a builtin (it runs inside rinetd, no process)";
-                    self.error(pos, svc, format!("key \"{key}\": {why}"));
-                }
+            ];
+            let why = "does not apply to a builtin (it runs inside rinetd, no process)";
+            self.reject_keys(svc, &keys, why);
+        }
+    }
+
+    /// An error for each of `keys` that is set (has a position), saying `why`.
+    fn reject_keys(&mut self, svc: Option<&str>, keys: &[(&str, Option<Pos>)], why: &str) {
+        for (key, pos) in keys {
+            if let Some(pos) = pos {
+                self.error(*pos, svc, format!("key \"{key}\": {why}"));
             }
         }
     }
@@ -679,8 +670,7 @@ impl Checker<'_> {
     /// Exactly one of `server` (with optional `args`) and `builtin`.
     fn handler(&mut self, s: &RawService, entry_pos: Pos, svc: Option<&str>) -> Handler {
         match (&s.server, &s.builtin) {
-            (Some(server), Some(builtin)) => {
-                let _ = server;
+            (Some(_), Some(builtin)) => {
                 self.error(
                     pos_of(builtin),
                     svc,
