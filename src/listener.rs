@@ -4,7 +4,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -47,14 +46,21 @@ pub fn bind_unix(path: &Path, mode: u32, backlog: u32) -> io::Result<Socket> {
                 "the path exists and is not a socket",
             ));
         }
-        match UnixStream::connect(path) {
-            Ok(_) => {
+        // Non-blocking: a listener with a full backlog would otherwise hold the whole loop.
+        // Only "refused" proves nobody listens any more.
+        let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        probe.set_nonblocking(true)?;
+        match probe.connect(&SockAddr::unix(path)?) {
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)?;
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            _ => {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     "another process listens on this socket",
                 ));
             }
-            Err(_) => std::fs::remove_file(path)?,
         }
     }
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;

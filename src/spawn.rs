@@ -181,12 +181,18 @@ pub fn spawn(
     // SAFETY: rinetd is single-threaded, and the child only runs `exec_handler`, which makes raw
     // async-signal-safe syscalls on memory prepared above and never returns.
     let forked = unsafe { fork() };
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
-    match forked? {
-        ForkResult::Child => exec_handler(&child_plan),
-        ForkResult::Parent { child } => {
+    // Only the parent restores its mask: the child keeps everything blocked until it has put
+    // rinetd's signal handlers back to their defaults (exec_handler empties the mask then).
+    match forked {
+        Ok(ForkResult::Child) => exec_handler(&child_plan),
+        Ok(ForkResult::Parent { child }) => {
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
             drop(output_writer);
             Ok(Spawned { pid: child, output })
+        }
+        Err(err) => {
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+            Err(err.into())
         }
     }
 }

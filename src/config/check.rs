@@ -20,6 +20,7 @@ use super::{
 const DEFAULT_MAX_CHILDREN: u32 = 256;
 const DEFAULT_BACKLOG: u32 = 1024;
 const DEFAULT_UMASK: u32 = 0o022;
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses and checks `text`, read from `file`. Returns the table or every error found.
 #[cfg(test)]
@@ -625,6 +626,8 @@ impl Checker<'_> {
         if protocol != Protocol::Udp && s.wait.as_ref().is_some_and(|w| w.value) {
             let why = "does not apply to wait: true (the handler accepts its clients itself)";
             self.reject_keys(svc, &client_keys, why);
+            let rate_limit = [("rate_limit", s.rate_limit.as_ref().map(pos_of))];
+            self.reject_keys(svc, &rate_limit, why);
         } else if protocol == Protocol::Unix {
             let why = "does not apply to protocol unix (a client has no address)";
             self.reject_keys(svc, &client_keys, why);
@@ -941,6 +944,15 @@ impl Checker<'_> {
                 format!("key \"{key}\": not a duration (seconds, or a number with ms, s, m or h)"),
             );
         }
+        // Far beyond any sensible setting, and far below what a clock can add without overflow.
+        if parsed.is_some_and(|d| d > MAX_DURATION) {
+            self.error(
+                pos_of(value),
+                svc,
+                format!("key \"{key}\": longer than 365 days"),
+            );
+            return None;
+        }
         parsed
     }
 
@@ -1020,8 +1032,12 @@ impl Checker<'_> {
     /// An octal permission value (`umask`, `socket_mode`). It must be quoted: YAML 1.2 reads an
     /// unquoted 022 as the decimal 22, so accepting it would invite the wrong mask.
     fn octal(&mut self, value: &Spanned<String>, svc: Option<&str>, key: &str) -> Option<u32> {
-        let quoted = usize::try_from(value.referenced.span().offset())
-            .ok()
+        // A byte offset: the character offset is wrong after any non-ASCII text above.
+        let quoted = value
+            .referenced
+            .span()
+            .byte_offset()
+            .and_then(|offset| usize::try_from(offset).ok())
             .and_then(|offset| self.text.get(offset..))
             .is_some_and(|rest| rest.starts_with('"') || rest.starts_with('\''));
         let text = &value.value;

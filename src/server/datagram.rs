@@ -43,9 +43,12 @@ enum Next {
 /// A per-datagram handler's stdout, collected until it exits and then sent to `peer`.
 pub(super) struct Reply {
     service: usize,
-    index: usize,
+    /// The listener's token: a reload may reorder or remove the service's listeners.
+    listener: Token,
     peer: SocketAddr,
-    pipe: File,
+    /// Closed (None) at end of file or once the reply is full: a handler that writes on gets
+    /// EPIPE instead of rinetd reading and dropping its output forever.
+    pipe: Option<File>,
     data: Vec<u8>,
     truncated: bool,
 }
@@ -102,20 +105,19 @@ fn socket_address(storage: &SockaddrStorage) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
+/// Takes the first datagram off the queue; never blocks, whatever mode a handler left.
 pub(super) fn discard_one(socket: &UdpSocket) -> io::Result<usize> {
-    socket.recv(&mut [0u8; 1])
+    nix::sys::socket::recv(socket.as_raw_fd(), &mut [0u8; 1], MsgFlags::MSG_DONTWAIT)
+        .map_err(io::Error::from)
 }
 
 impl Server {
+    /// The UDP socket of listener `index`, unless a `wait: true` handler holds it.
     fn udp_socket(&self, service: usize, index: usize) -> Option<&UdpSocket> {
-        match self.services[service]
-            .listeners
-            .get(index)?
-            .socket
-            .as_ref()?
-        {
-            Bound::Datagram(socket) => Some(socket),
-            Bound::Stream(_) => None,
+        let listener = self.services[service].listeners.get(index)?;
+        match (listener.socket.as_ref()?, listener.held_by) {
+            (Bound::Datagram(socket), None) => Some(socket),
+            _ => None,
         }
     }
 
@@ -248,7 +250,11 @@ impl Server {
         local: SocketAddr,
     ) -> io::Result<()> {
         // A pipe holds 64 KiB, more than any datagram: the write cannot block.
-        let (request, request_writer) = pipe2(OFlag::O_CLOEXEC)?;
+        // Non-blocking: a pipe normally holds 64 KiB, more than any datagram, but a user over
+        // pipe-user-pages-soft gets smaller pipes, and a blocked write here would stop every
+        // service. A datagram that does not fit is dropped (and logged by the caller).
+        let (request, request_writer) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        nix::fcntl::fcntl(&request, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))?;
         File::from(request_writer).write_all(datagram)?;
         let (reply, reply_writer) = pipe2(OFlag::O_CLOEXEC)?;
         nix::fcntl::fcntl(&reply, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
@@ -271,9 +277,9 @@ impl Server {
         self.register(&reply, token, Interest::READABLE)?;
         let collector = Reply {
             service,
-            index,
+            listener: self.services[service].listeners[index].token,
             peer,
-            pipe: File::from(reply),
+            pipe: Some(File::from(reply)),
             data: Vec::new(),
             truncated: false,
         };
@@ -283,13 +289,14 @@ impl Server {
 
     /// Collects what the handler writes (reading as it comes, so a handler writing more than a
     /// pipe holds is not stuck); beyond MAX_REPLY it is read and dropped.
+    /// Collects what the handler writes (reading as it comes, so a handler writing more than a
+    /// pipe holds is not stuck).
     pub(super) fn read_reply(&mut self, token: Token) {
         let Some(Source::Reply(reply)) = self.sources.get_mut(&token) else {
             return;
         };
-        if collect(reply) {
-            let fd = reply.pipe.as_raw_fd();
-            self.deregister(&fd);
+        if let Some(pipe) = collect(reply) {
+            self.deregister(&pipe);
         }
     }
 
@@ -298,8 +305,9 @@ impl Server {
         let Some(Source::Reply(mut reply)) = self.sources.remove(&token) else {
             return;
         };
-        collect(&mut reply);
-        self.deregister(&reply.pipe);
+        if let Some(pipe) = collect(&mut reply) {
+            self.deregister(&pipe);
+        }
         let label = self.services[reply.service].label().to_string();
         if reply.truncated {
             warn!("{label}: reply to {} cut to {MAX_REPLY} bytes", reply.peer);
@@ -307,16 +315,21 @@ impl Server {
         if reply.data.is_empty() {
             return;
         }
-        if let Some(socket) = self.udp_socket(reply.service, reply.index)
+        let index = self.services[reply.service]
+            .listeners
+            .iter()
+            .position(|l| l.token == reply.listener);
+        if let Some(socket) = index.and_then(|index| self.udp_socket(reply.service, index))
             && let Err(err) = socket.send_to(&reply.data, reply.peer)
         {
             warn!("{label}: reply to {} failed error={err}", reply.peer);
         }
     }
 
-    /// `wait: true` udp: the first datagram nobody refuses (refused ones are taken and dropped).
+    /// `wait: true` udp: the first datagram nobody refuses (refused ones are taken and
+    /// dropped, at most a turn's worth at a time: then the listener gets another turn soon).
     pub(super) fn first_datagram(&mut self, service: usize, index: usize) -> Option<Fingerprint> {
-        loop {
+        for _ in 0..super::TURN {
             let fingerprint = peek_fingerprint(self.udp_socket(service, index)?)?;
             let state = &mut self.services[service];
             match state.refusal(fingerprint.sender.ip()) {
@@ -330,22 +343,31 @@ impl Server {
                 }
             }
         }
+        let token = self.services[service].listeners[index].token;
+        self.again.push_back(token);
+        None
     }
 }
 
-/// Reads what is there; true at end of file.
-fn collect(reply: &mut Reply) -> bool {
+/// Reads what is there, up to MAX_REPLY; at end of file or once the reply is full, takes the
+/// pipe out (for the caller to deregister, then close).
+fn collect(reply: &mut Reply) -> Option<File> {
     let mut buf = [0u8; 16 * 1024];
+    let pipe = reply.pipe.as_mut()?;
     loop {
-        match reply.pipe.read(&mut buf) {
-            Ok(0) => return true,
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
             Ok(n) => {
                 let room = MAX_REPLY - reply.data.len();
-                reply.truncated |= n > room;
                 reply.data.extend_from_slice(&buf[..n.min(room)]);
+                if n > room {
+                    reply.truncated = true;
+                    break;
+                }
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
+            Err(_) => return None,
         }
     }
+    reply.pipe.take()
 }

@@ -50,6 +50,10 @@ const FORK_BACKOFF: Duration = Duration::from_secs(1);
 const WAIT_RESTART_DELAY: Duration = Duration::from_secs(1);
 /// A handler's stderr line longer than this is logged in pieces.
 const MAX_LINE: usize = 4096;
+/// Timers held before dead handlers' timeouts are swept out.
+const TIMER_SWEEP: usize = 4096;
+/// Bytes of one handler's output read per turn.
+const OUTPUT_TURN: usize = 64 * 1024;
 /// Connections accepted or datagrams read per listener per turn, so that one busy service
 /// cannot starve the others.
 const TURN: usize = 64;
@@ -120,6 +124,10 @@ struct Listener {
     retrying: bool,
     /// Passed in by a service manager (LISTEN_FDS): its socket file is not rinetd's to remove.
     inherited: bool,
+    /// The `wait: true` handler holding this socket (shared, and blocking) now. It belongs to
+    /// the socket, not the service, so that a reload moving the socket to another service
+    /// cannot let that service read from it meanwhile.
+    held_by: Option<Pid>,
 }
 
 #[derive(Default)]
@@ -141,8 +149,6 @@ struct ServiceState {
     paused: Option<(Instant, PauseReason)>,
     /// At max_children (the pause is logged once, and so is the resume).
     full: bool,
-    /// `wait: true`: the handler that holds the socket now.
-    waiting: Option<Pid>,
     /// A backoff has been logged and nothing has succeeded since: log the next one quietly.
     backoff_logged: bool,
     counters: Counters,
@@ -161,7 +167,6 @@ impl ServiceState {
             window: VecDeque::new(),
             paused: None,
             full: false,
-            waiting: None,
             backoff_logged: false,
             counters: Counters::default(),
             retired: false,
@@ -174,10 +179,7 @@ impl ServiceState {
 
     fn can_accept(&self) -> bool {
         let max = self.service.spec.max_children;
-        !self.retired
-            && self.paused.is_none()
-            && self.waiting.is_none()
-            && (max == 0 || self.running < max)
+        !self.retired && self.paused.is_none() && (max == 0 || self.running < max)
     }
 
     /// Why a client is turned away, if it is: `no_access` wins over `only_from`.
@@ -245,6 +247,8 @@ struct Child {
     started: Instant,
     client: Option<IpAddr>,
     role: Role,
+    /// Its output pipe, closed when it is reaped.
+    output: Option<Token>,
 }
 
 /// The reading end of a handler's output pipe.
@@ -419,6 +423,7 @@ impl Server {
                     bound: None,
                     retrying: false,
                     inherited: false,
+                    held_by: None,
                 })
                 .collect();
             server.services.push(ServiceState::new(service, listeners));
@@ -448,6 +453,17 @@ impl Server {
 
     fn schedule(&mut self, at: Instant, timer: Timer) {
         self.timers.push(Reverse((at, timer)));
+        // A handler's timeout stays queued after it exits; with long timeouts and many
+        // connections the dead ones would pile up, so they are swept now and then.
+        if self.timers.len() > TIMER_SWEEP && self.timers.len() > 4 * (self.children.len() + 64) {
+            let children = &self.children;
+            self.timers.retain(|Reverse((_, timer))| match timer {
+                Timer::Timeout { pid, started } => children
+                    .get(&Pid::from_raw(*pid))
+                    .is_some_and(|c| c.started == *started),
+                _ => true,
+            });
+        }
     }
 
     fn register(&self, fd: &impl AsRawFd, token: Token, interest: Interest) -> io::Result<()> {
@@ -622,7 +638,7 @@ impl Server {
                 let (service, index) = (*service, *index);
                 self.listener_ready(service, index);
             }
-            Some(Source::Output(_)) => self.read_output(token),
+            Some(Source::Output(_)) => self.read_output(token, false),
             Some(Source::Builtin(_)) => self.drive_builtin(token),
             Some(Source::Proxy(_)) => self.read_proxy(token),
             Some(Source::Reply(_)) => self.read_reply(token),
@@ -752,8 +768,20 @@ impl Server {
         if state.full && (max == 0 || state.running < max) {
             state.full = false;
             info!("{}: resumed", state.label());
-            self.service_ready(service);
+            self.serve_soon(service);
         }
+    }
+
+    /// Serves what waits on `service`'s listeners on the loop's next turn. Never directly: this
+    /// is called from inside accept and close paths, and serving from there would recurse once
+    /// per queued client (a backlog of quick clients could overflow the stack).
+    fn serve_soon(&mut self, service: usize) {
+        let tokens: Vec<Token> = self.services[service]
+            .listeners
+            .iter()
+            .map(|l| l.token)
+            .collect();
+        self.again.extend(tokens);
     }
 
     /// Forks a handler of `service` with `stdio`; records it and watches its output.
@@ -782,6 +810,7 @@ impl Server {
         let timeout = state.service.spec.timeout;
         self.services[service].backoff_logged = false;
         self.occupy(service, client);
+        let output = self.watch_output(label, pid, spawned.output);
         self.children.insert(
             pid,
             Child {
@@ -789,6 +818,7 @@ impl Server {
                 started: now,
                 client,
                 role,
+                output,
             },
         );
         if let Some(timeout) = timeout {
@@ -800,7 +830,6 @@ impl Server {
                 },
             );
         }
-        self.watch_output(label, pid, spawned.output);
         Some(pid)
     }
 
@@ -808,10 +837,13 @@ impl Server {
     /// and no handler holds it already.
     fn hand_over(&mut self, service: usize, index: usize) {
         let state = &self.services[service];
-        if !state.can_accept() {
+        let Some(listener) = state.listeners.get(index) else {
+            return;
+        };
+        if !state.can_accept() || listener.held_by.is_some() {
             return;
         }
-        let trigger = match &state.listeners[index].socket {
+        let trigger = match &listener.socket {
             Some(Bound::Datagram(_)) => match self.first_datagram(service, index) {
                 Some(trigger) => Some(trigger),
                 None => return,
@@ -820,64 +852,77 @@ impl Server {
             _ => return,
         };
         let state = &self.services[service];
-        let Some(socket) = &state.listeners[index].socket else {
+        let listener = &state.listeners[index];
+        let Some(socket) = &listener.socket else {
             return;
         };
         let fd = socket.as_raw_fd();
+        let token = listener.token;
         let vars = [
             ("LISTEN_FDS", "1".to_string()),
             ("LISTEN_FDNAMES", state.service.spec.name.clone()),
         ];
-        if let Some(pid) = self.start_handler(
-            service,
-            Stdio::Listening(fd),
-            &vars,
-            None,
-            Role::Wait {
-                listener: state.listeners[index].token,
-                trigger,
-            },
-        ) {
+        let role = Role::Wait {
+            listener: token,
+            trigger,
+        };
+        if let Some(pid) = self.start_handler(service, Stdio::Listening(fd), &vars, None, role) {
             let state = &mut self.services[service];
-            state.waiting = Some(pid);
+            state.listeners[index].held_by = Some(pid);
             info!("{}: handed over pid={pid}", state.label());
         }
     }
 
-    /// A `wait: true` handler has exited: take the socket back, drop the datagram that started
-    /// the handler if it left it unread, and serve what waits.
-    fn wait_ended(
-        &mut self,
-        service: usize,
-        listener: Token,
-        trigger: Option<Fingerprint>,
-        failed_fast: bool,
-    ) {
-        let state = &mut self.services[service];
-        state.waiting = None;
+    /// A `wait: true` handler has exited: take its socket back (wherever a reload may have
+    /// moved it), drop the datagram that started the handler if it left it unread, and hold
+    /// back a stream handler that quit at once with clients still waiting, which would
+    /// otherwise be restarted in a loop (whatever its exit status).
+    fn wait_ended(&mut self, listener: Token, trigger: Option<Fingerprint>, lived: Duration) {
+        let found = self
+            .services
+            .iter()
+            .enumerate()
+            .find_map(|(service, state)| {
+                let index = state.listeners.iter().position(|l| l.token == listener)?;
+                Some((service, index))
+            });
         // Gone if a reload removed it while the handler ran: nothing to take back then.
-        let socket = state.listeners.iter().find(|l| l.token == listener);
-        if let Some(socket) = socket.and_then(|l| l.socket.as_ref()) {
-            // The handler shared the socket's file description and made it blocking.
-            let _ = socket.set_nonblocking(true);
-            if let (Some(trigger), Bound::Datagram(socket)) = (trigger, socket)
-                && datagram::peek_fingerprint(socket) == Some(trigger)
-            {
-                let _ = datagram::discard_one(socket);
-                warn!(
-                    "{}: dropped the datagram from {} the handler left unread",
-                    state.label(),
-                    trigger.sender
-                );
+        let Some((service, index)) = found else {
+            return;
+        };
+        let state = &mut self.services[service];
+        let listener = &mut state.listeners[index];
+        listener.held_by = None;
+        // Whoever owns the socket now serves what queued meanwhile: no new edge will say so.
+        self.again.push_back(listener.token);
+        let Some(socket) = &listener.socket else {
+            return;
+        };
+        // The handler shared the socket's file description and made it blocking.
+        let _ = socket.set_nonblocking(true);
+        match socket {
+            Bound::Datagram(socket) => {
+                if let Some(trigger) = trigger
+                    && datagram::peek_fingerprint(socket) == Some(trigger)
+                {
+                    let _ = datagram::discard_one(socket);
+                    warn!(
+                        "{}: dropped the datagram from {} the handler left unread",
+                        state.label(),
+                        trigger.sender
+                    );
+                }
             }
-        }
-        if failed_fast && trigger.is_none() {
-            let err = "the handler failed at once";
-            self.back_off(service, WAIT_RESTART_DELAY, "wait handler failed", &err);
+            Bound::Stream(socket) => {
+                if lived < WAIT_RESTART_DELAY && readable_now(socket) {
+                    let err = "the handler exited at once with clients waiting";
+                    self.back_off(service, WAIT_RESTART_DELAY, "wait handler failed", &err);
+                }
+            }
         }
     }
 
-    fn watch_output(&mut self, label: String, pid: Pid, output: OwnedFd) {
+    fn watch_output(&mut self, label: String, pid: Pid, output: OwnedFd) -> Option<Token> {
         let token = self.new_token();
         match self.register(&output, token, Interest::READABLE) {
             Ok(()) => {
@@ -888,21 +933,33 @@ impl Server {
                     partial: Vec::new(),
                 };
                 self.sources.insert(token, Source::Output(output));
+                Some(token)
             }
-            Err(err) => warn!("{label}: cannot watch the output of pid={pid} error={err}"),
+            Err(err) => {
+                warn!("{label}: cannot watch the output of pid={pid} error={err}");
+                None
+            }
         }
     }
 
     /// Logs each complete line of a handler's output; at end of file, the rest, then forgets it.
-    fn read_output(&mut self, token: Token) {
+    /// A turn reads at most OUTPUT_TURN bytes, so a handler flooding its stderr cannot hold the
+    /// loop; with `closing` (its handler has exited) the pipe is closed after that turn whatever
+    /// is left, so a grandchild keeping it open pins no descriptor of rinetd's.
+    fn read_output(&mut self, token: Token, closing: bool) {
         let Some(Source::Output(output)) = self.sources.get_mut(&token) else {
             return;
         };
         let mut buf = [0u8; 4096];
+        let mut budget = OUTPUT_TURN;
         let finished = loop {
+            if budget == 0 {
+                break closing;
+            }
             match output.pipe.read(&mut buf) {
                 Ok(0) => break true,
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     output.partial.extend_from_slice(&buf[..n]);
                     while let Some(end) = output.partial.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = output.partial.drain(..=end).collect();
@@ -913,11 +970,14 @@ impl Server {
                         log_output_line(output, &line);
                     }
                 }
-                Err(err) if would_block(&err) => break false,
+                Err(err) if would_block(&err) => break closing,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break true,
             }
         };
+        if budget == 0 && !finished {
+            self.again.push_back(token);
+        }
         if finished {
             if !output.partial.is_empty() {
                 let line = std::mem::take(&mut output.partial);
@@ -981,19 +1041,20 @@ impl Server {
             self.services[child.service].label(),
             seconds(elapsed)
         );
+        if let Some(output) = child.output {
+            self.read_output(output, true);
+        }
+        let is_wait = matches!(child.role, Role::Wait { .. });
         match child.role {
             Role::Connection => {}
-            Role::Wait { listener, trigger } => {
-                let failed_fast = status != "0" && elapsed < WAIT_RESTART_DELAY;
-                self.wait_ended(child.service, listener, trigger, failed_fast);
-            }
+            Role::Wait { listener, trigger } => self.wait_ended(listener, trigger, elapsed),
             Role::Datagram { reply } => self.send_reply(reply),
         }
-        let was_full = self.services[child.service].full;
         self.release(child.service, child.client);
-        // A datagram or wait service may have input waiting that no new event will announce.
-        if !was_full && !matches!(self.services[child.service].kind, Kind::StreamExec) {
-            self.service_ready(child.service);
+        // A datagram or wait service may have input waiting that no new event will announce
+        // (and a reload may have made a wait service's socket a nowait one meanwhile).
+        if is_wait || self.services[child.service].kind != Kind::StreamExec {
+            self.serve_soon(child.service);
         }
     }
 
@@ -1132,7 +1193,7 @@ impl Server {
                 "retired".to_string()
             } else if state.listeners.iter().all(|l| l.socket.is_none()) {
                 "failed".to_string()
-            } else if let Some(pid) = state.waiting {
+            } else if let Some(pid) = state.listeners.iter().find_map(|l| l.held_by) {
                 format!("waiting pid={pid}")
             } else if let Some((until, _)) = state.paused {
                 format!(

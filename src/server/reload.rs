@@ -101,6 +101,7 @@ impl Server {
                             bound: None,
                             retrying: false,
                             inherited: false,
+                            held_by: None,
                         },
                     }
                 })

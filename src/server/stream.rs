@@ -57,7 +57,7 @@ impl Server {
             let Some(listener) = state.listeners.get(index) else {
                 return;
             };
-            let Some(Bound::Stream(socket)) = &listener.socket else {
+            let (Some(Bound::Stream(socket)), None) = (&listener.socket, listener.held_by) else {
                 return;
             };
             match socket.accept() {
@@ -75,9 +75,9 @@ impl Server {
                     }
                 }
                 Err(err) if would_block(&err) => return,
-                Err(err)
-                    if err.kind() == io::ErrorKind::Interrupted
-                        || err.kind() == io::ErrorKind::ConnectionAborted => {}
+                // Errors of one connection (accept(2) lists them as "treat like EAGAIN and
+                // retry"): the next one in the backlog is unaffected.
+                Err(err) if err.kind() == io::ErrorKind::Interrupted || connection_error(&err) => {}
                 Err(err) if is_resource_exhaustion(&err) => {
                     self.back_off(service, ACCEPT_BACKOFF, "accept failed", &err);
                     return;
@@ -267,8 +267,9 @@ impl Server {
         });
         match consumed {
             Ok(addresses) => {
-                // Its place in max_children passes on to the handler or builtin it becomes.
-                self.services[service].running -= 1;
+                // Its place in max_children passes on to the handler or builtin it becomes
+                // (which takes it again in admit, or leaves it free if refused).
+                self.release(service, None);
                 let (remote, local) = addresses.unwrap_or((pending.peer, pending.local));
                 self.admit(
                     service,
@@ -300,6 +301,25 @@ impl Server {
             self.release(pending.service, None);
         }
     }
+}
+
+/// accept(2) errors that belong to the connection being accepted, not to the listener.
+fn connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+                | libc::EPERM
+        )
+    )
 }
 
 /// The local end of a connection: a wildcard listener learns it per connection; others know it.

@@ -353,6 +353,31 @@ services: []
         ],
     },
     BadConfig {
+        what: "a duration no clock can add",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    timeout: 9223372036854775807  # <--
+",
+        message: &["service \"hello\"", "timeout", "longer than 365 days"],
+    },
+    BadConfig {
+        what: "rate_limit on a tcp wait service, whose handler accepts by itself",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    wait: true
+    rate_limit: {max: 1, per: 1s, pause: 1s}  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "rate_limit",
+            "does not apply to wait: true",
+        ],
+    },
+    BadConfig {
         what: "a handler setting on a builtin",
         yaml: "services:
   - name: hello
@@ -609,4 +634,15 @@ fn as_root_a_table_others_can_write_is_refused() {
         );
         assert!(text.contains("writable by group or others"), "{text}");
     }
+}
+
+#[test]
+fn a_quoted_umask_after_non_ascii_text_is_accepted() {
+    let (dir, server) = dir_with_handlers("umask-utf8");
+    let config = dir.config(&format!(
+        "# café, naïve: text before the value shifts characters against bytes\n\
+         services:\n  - name: hello\n    port: 0\n    server: {server}\n    umask: \"027\"\n"
+    ));
+    let output = check_config(&config);
+    assert_eq!(output.status.code(), Some(0), "{}", all_output(&output));
 }

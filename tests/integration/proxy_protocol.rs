@@ -299,3 +299,25 @@ fn a_header_not_complete_within_5s_is_rejected() {
     ));
     assert_eq!(daemon.count_lines(" pid="), 0, "a handler was started");
 }
+
+#[test]
+fn a_client_refused_after_its_header_frees_its_place_for_the_next() {
+    let dir = TestDir::new("proxy-refused-frees");
+    let service = reporter(&dir)
+        .set("max_children", "1")
+        .set("only_from", "[192.0.2.0/24]");
+    let daemon = Daemon::start(&dir, &[service]);
+    // The first client takes the only place while its header is still to come.
+    let mut first = daemon.connect("web");
+    // The second waits in the backlog with a good header and its data.
+    let mut second = daemon.connect("web");
+    second.write_all(&with_data(V1_TCP4, "waited\n")).unwrap();
+    second.shutdown(Shutdown::Write).unwrap();
+    // The first then names a client only_from refuses: its place must go to the second.
+    first
+        .write_all(b"PROXY TCP4 198.51.100.7 192.0.2.2 1111 2222\r\n")
+        .unwrap();
+    daemon.wait_for_line("web/tcp: refused client=198.51.100.7:1111 reason=only_from");
+    let answer = read_to_eof(&mut second);
+    assert!(answer.ends_with("---\nwaited\n"), "{answer:?}");
+}

@@ -288,3 +288,46 @@ fn a_removed_service_leaves_the_status_dump_once_its_handlers_are_gone() {
         "a retired service without handlers is no longer listed"
     );
 }
+
+#[test]
+fn a_socket_held_by_a_wait_handler_is_not_read_by_the_service_a_reload_gives_it_to() {
+    let dir = TestDir::new("reload-held-socket");
+    // Accepts one client, answers once it has sent a line, exits.
+    let handler = dir.write(
+        "wait.py",
+        "#!/usr/bin/env python3\nimport socket\nlistener = socket.socket(fileno=3)\n\
+         conn, _ = listener.accept()\nline = conn.makefile().readline().strip()\n\
+         conn.sendall(('held ' + line + '\\n').encode())\n",
+        0o755,
+    );
+    let first_port = crate::harness::free_port_on_both_families();
+    let mut second_port = crate::harness::free_port_on_both_families();
+    while second_port == first_port {
+        second_port = crate::harness::free_port_on_both_families();
+    }
+    let waiting = |port: u16| {
+        Service::new("waiting", &handler)
+            .set("wait", "true")
+            .set("port", &port.to_string())
+    };
+    let day = Service::builtin("day", "daytime");
+    let daemon = Daemon::start(&dir, &[waiting(first_port), day.clone()]);
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, first_port));
+    let mut held = TcpStream::connect(address).unwrap();
+    let handed = daemon.wait_for_line("waiting/tcp: handed over");
+    // The service moves to another port; its old socket, still held, goes to an echo builtin.
+    let echo = Service::builtin("echo", "echo").set("port", &first_port.to_string());
+    let moved = [waiting(second_port), echo, day];
+    reload(&daemon, &dir, &services_yaml(&moved), &handed, "reloaded ");
+    let mut queued = TcpStream::connect(address).unwrap();
+    writeln!(queued, "queued").unwrap();
+    queued.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        daemon.request("day", "").ends_with("\r\n"),
+        "the daemon is not stuck"
+    );
+    writeln!(held, "x").unwrap();
+    assert_eq!(read_line(&mut held), "held x");
+    // Once the handler is gone the socket is the echo service's, and the queued client is served.
+    assert_eq!(read_to_eof(&mut queued), "queued\n");
+}

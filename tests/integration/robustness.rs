@@ -109,3 +109,61 @@ fn a_handler_whose_grandchild_keeps_the_connection_leaks_nothing() {
     });
     assert_all_reaped_and_no_fd_leaked(&daemon, "fork", 100, baseline_fds);
 }
+
+#[test]
+fn grandchildren_still_running_pin_no_descriptor_of_the_daemon() {
+    let dir = TestDir::new("grandchild-pipes");
+    // The grandchild keeps the stderr pipe (stderr: log) open for far longer than the test.
+    let script = dir.script("fork.sh", "sleep 60 &\necho $!");
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::new("fork", &script).set("max_children", "2")],
+    );
+    let baseline_fds = open_fd_count(daemon.pid());
+    let grandchildren = run_clients(2, 20, || {
+        let mut client = daemon.connect("fork");
+        read_line(&mut client)
+            .parse::<i32>()
+            .expect("the grandchild's pid")
+    });
+    assert_all_reaped_and_no_fd_leaked(&daemon, "fork", 40, baseline_fds);
+    assert!(
+        grandchildren.iter().all(|&pid| !is_not_running(pid)),
+        "the grandchildren were still running when the descriptors were counted"
+    );
+    for pid in grandchildren {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[test]
+fn a_backlog_of_quick_clients_at_max_children_does_not_exhaust_the_stack() {
+    let dir = TestDir::new("deep-backlog");
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::builtin("day", "daytime")
+            .set("max_children", "1")
+            .set("backlog", "4096")],
+    );
+    let address = daemon.addresses("day")[0];
+    // Stopped, rinetd cannot accept: every client queues, and each one it then accepts
+    // closes at once, freeing the single place for the next.
+    let pid = nix::unistd::Pid::from_raw(daemon.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for _ in 0..3000 {
+        drop(std::net::TcpStream::connect(address).expect("queued"));
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    wait_until("the queued clients are all served", || {
+        daemon
+            .lines()
+            .iter()
+            .filter(|l| l.contains("day/tcp: closed"))
+            .count()
+            >= 3000
+    });
+    assert!(daemon.request("day", "").ends_with("\r\n"), "still serving");
+}

@@ -246,11 +246,27 @@ fn tcp_wait_handler_failing_at_once_is_restarted_only_after_a_backoff() {
     assert_eq!(answer, stream_answer("flaky", "patience"));
 
     let failed = daemon.wait_for_line(
-        "flaky/tcp: wait handler failed error=the handler failed at once backoff=1s",
+        "flaky/tcp: wait handler failed error=the handler exited at once with clients waiting backoff=1s",
     );
     let second = daemon.wait_for_line_after(&failed, "flaky/tcp: handed over pid=");
     daemon.wait_for_line(&format!("flaky/tcp: exited pid={} status=0 ", second.pid()));
     assert_eq!(handed_over(&daemon, "flaky/tcp"), 2, "restarted in a loop");
+}
+
+#[test]
+fn tcp_wait_handler_exiting_0_without_accepting_is_not_restarted_in_a_loop() {
+    let dir = TestDir::new("tcp-wait-true");
+    let service = Service::new("lazy", std::path::Path::new("/bin/true")).set("wait", "true");
+    let daemon = Daemon::start(&dir, &[service]);
+    let _client = daemon.connect("lazy");
+    // A clean exit with the client still waiting is as suspect as a failure.
+    let held_back = daemon.wait_for_line("lazy/tcp: wait handler failed error=");
+    assert!(held_back.text.contains("backoff=1s"), "{}", held_back.text);
+    assert_eq!(
+        handed_over(&daemon, "lazy/tcp"),
+        1,
+        "not restarted before the delay"
+    );
 }
 
 #[test]
