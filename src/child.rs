@@ -1,5 +1,6 @@
-//! The forked child, from fork to execve: only raw async-signal-safe syscalls on data the parent
-//! prepared, never an allocation or a lock. It never returns: it execs or `_exit(127)`s.
+//! The child, from clone to execve: only raw async-signal-safe syscalls on data the parent
+//! prepared, never an allocation or a lock (it runs in rinetd's own memory, see spawn.rs). It
+//! never returns: it execs or `_exit(127)`s.
 
 use std::ffi::CStr;
 use std::os::fd::RawFd;
