@@ -9,10 +9,10 @@ use libc::{c_char, c_int, gid_t};
 
 use crate::signals::{KERNEL_DEFAULT, KernelSigaction};
 
-/// Everything the child needs, built by the parent before fork.
+/// Everything the child needs, built by the parent before starting it.
 pub struct ChildPlan<'a> {
     pub path: &'a CStr,
-    /// NULL-terminated pointer arrays into CStrings the parent keeps alive across fork.
+    /// NULL-terminated pointer arrays into CStrings the parent keeps alive until the exec.
     pub argv: &'a [*const c_char],
     pub envp: &'a [*const c_char],
     pub stdin: RawFd,
@@ -39,13 +39,14 @@ pub struct ChildPlan<'a> {
 /// `spawn failed`.
 pub const REPORT_PREFIX: &str = "rinetd-spawn: ";
 
-/// Runs in the child after fork. Steps in the contract's order: session, descriptors, signals,
+/// Runs in the child after clone (or fork). Steps in the contract's order: session, descriptors, signals,
 /// rlimits, nice, umask, cwd, then groups, gid, uid so the drop cannot be undone, then execve.
 pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
     let mut report = plan.report;
     // SAFETY: every call below is a raw async-signal-safe syscall on descriptors and memory the
-    // parent prepared before fork and keeps alive; nothing allocates or takes a lock. The
-    // LISTEN_PID buffer is this process's own copy of the parent's memory.
+    // parent prepared and keeps alive while it is suspended (CLONE_VFORK); nothing allocates or
+    // takes a lock. Shared memory written here: this stack, errno (rinetd's TLS; rinetd does
+    // not read it after a successful clone) and the LISTEN_PID slot made for this child.
     unsafe {
         libc::setsid();
         if libc::dup2(plan.stdin, 0) < 0
@@ -73,18 +74,15 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
             write_decimal(slot, libc::getpid() as u32);
         }
         // Everything else closes at exec (the report pipe too, which is how the parent learns
-        // that exec succeeded). close_range is Linux >= 5.11; older kernels get a loop.
-        if libc::syscall(
+        // that exec succeeded). Every descriptor of rinetd's is close-on-exec already (see
+        // daemon::close_inherited_on_exec); close_range (Linux >= 5.11) makes sure of it, and
+        // where it is missing no loop replaces it: rinetd waits while this child runs.
+        libc::syscall(
             libc::SYS_close_range,
             keep_from,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
-        ) < 0
-        {
-            for fd in keep_from as c_int..65536 {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
+        );
         for signal in plan.reset_signals {
             libc::syscall(
                 libc::SYS_rt_sigaction,
@@ -110,14 +108,16 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
         if libc::chdir(plan.cwd.as_ptr()) < 0 {
             fail(report, b"chdir", Some(plan.cwd));
         }
+        // Raw syscalls, as glibc's own spawn child does: glibc's wrappers may run its setxid
+        // machinery (locks and state shared with rinetd, whose memory this child borrows).
         if let Some((groups, gid, uid)) = plan.credentials {
-            if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+            if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0 {
                 fail(report, b"setgroups", None);
             }
-            if libc::setgid(gid) < 0 {
+            if libc::syscall(libc::SYS_setgid, gid) < 0 {
                 fail(report, b"setgid", None);
             }
-            if libc::setuid(uid) < 0 {
+            if libc::syscall(libc::SYS_setuid, uid) < 0 {
                 fail(report, b"setuid", None);
             }
         }

@@ -133,3 +133,24 @@ pub fn inherited_sockets() -> Vec<socket2::Socket> {
         })
         .collect()
 }
+
+/// Marks every descriptor rinetd inherited (above 2) close-on-exec, so that no handler gets one.
+/// rinetd's own are all opened close-on-exec, so after this the child needs no descriptor loop
+/// of its own (its close_range is a second line of defence), which matters because rinetd
+/// waits while the child runs until its exec.
+pub fn close_inherited_on_exec() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl(F_SETFD) only changes a flag; a descriptor already closed (the one
+        // read_dir used) just fails with EBADF.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}

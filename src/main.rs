@@ -79,6 +79,7 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
 fn main() -> ExitCode {
     let cli = Cli::parse();
     daemon::ensure_standard_fds();
+    daemon::close_inherited_on_exec();
     let given = config_path(&cli);
     // Absolute (symlinks kept) before anything reads it, so that start-up and every reload
     // read the same file and resolve includes from the same folder, even after detaching has

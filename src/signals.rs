@@ -43,9 +43,10 @@ pub const KERNEL_DEFAULT: KernelSigaction = KernelSigaction {
 /// The highest signal number Linux has.
 const LAST_SIGNAL: libc::c_int = 64;
 
-/// Signals whose disposition a handler would inherit unless reset: the ones rinetd catches
-/// (so that no rinetd handler runs in a child before exec) and the ones ignored at start-up
-/// (SIGPIPE by the Rust runtime, others by whoever started rinetd), which exec keeps ignored.
+/// Signals whose disposition a handler would inherit unless reset: every one not at its
+/// default — caught by rinetd (so that none of rinetd's handlers runs in a child before exec)
+/// or ignored at start-up (SIGPIPE by the Rust runtime, others by whoever started rinetd),
+/// which exec would keep ignored.
 pub fn to_reset_in_child() -> Vec<libc::c_int> {
     let mut signals: Vec<libc::c_int> = CAUGHT.to_vec();
     for signal in 1..=LAST_SIGNAL {
@@ -64,7 +65,9 @@ pub fn to_reset_in_child() -> Vec<libc::c_int> {
                 std::mem::size_of::<u64>(),
             )
         };
-        if read == 0 && current.handler == libc::SIG_IGN {
+        // Ignored ones (exec keeps them ignored) and caught ones (Rust's own SIGSEGV/SIGBUS
+        // handlers, say): none of rinetd's handlers may run in the child.
+        if read == 0 && current.handler != libc::SIG_DFL {
             signals.push(signal);
         }
     }
@@ -111,5 +114,37 @@ impl Signals {
             }
         }
         pending
+    }
+}
+
+/// Blocks every signal, glibc's own 32 and 33 too (its sigprocmask leaves them out), and
+/// returns the mask to restore.
+pub fn block_all() -> u64 {
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask with two valid 8-byte masks.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            &mut old as *mut u64,
+            std::mem::size_of::<u64>(),
+        );
+    }
+    old
+}
+
+/// Restores a mask returned by `block_all`.
+pub fn restore_mask(mask: u64) {
+    // SAFETY: rt_sigprocmask with a valid 8-byte mask and no old-mask output.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask as *const u64,
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        );
     }
 }

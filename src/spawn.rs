@@ -12,12 +12,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::unistd::{Pid, pipe2};
 
 use crate::child::{ChildPlan, exec_handler};
 use crate::config::{Resource, StderrMode};
 use crate::resolve::ExecPlan;
+use crate::signals;
 
 /// What a handler gets on its descriptors.
 pub enum Stdio {
@@ -35,6 +35,13 @@ pub struct Inherited {
     /// RLIMIT_NOFILE as rinetd found it, given back to handlers that do not set `nofile`.
     pub original_nofile: (u64, u64),
     pub reset_signals: Vec<libc::c_int>,
+    pub child_stack: ChildStack,
+    /// rinetd's PR_GET_DUMPABLE at start, put back after a child that switched credentials
+    /// while sharing rinetd's memory.
+    pub dumpable: bool,
+    /// False when fs.suid_dumpable is 1: a handler's user could then ptrace its child between
+    /// setuid and exec, and with shared memory reach rinetd's; such children are forked.
+    pub memory_sharing_is_safe: bool,
 }
 
 /// The pipe a handler's stderr (or its exec failure report) comes back through. Made before the
@@ -89,6 +96,7 @@ pub fn spawn(
         dev_null,
         original_nofile,
         reset_signals,
+        ..
     } = inherited;
     let connection_vars: Vec<CString> = vars
         .iter()
@@ -175,44 +183,91 @@ pub fn spawn(
         cwd: &plan.cwd,
         credentials,
     };
-    // With every signal blocked across fork, a signal meant for the new child cannot run
-    // rinetd's handlers in it (they would write to rinetd's own self-pipe).
-    let mut saved = SigSet::empty();
-    sigprocmask(
-        SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::all()),
-        Some(&mut saved),
-    )?;
-    let mut stack = vec![0u8; CHILD_STACK];
-    // The stack grows down from its 16-byte aligned top.
-    let top = stack.as_mut_ptr().wrapping_add(CHILD_STACK);
-    let top = top.wrapping_sub(top as usize % 16);
-    // SAFETY: this is posix_spawn's technique. With CLONE_VM the child runs in rinetd's memory
-    // on its own stack, and with CLONE_VFORK rinetd stays suspended until the child has
-    // exec'd or exited, so nothing else touches that memory meanwhile. The child only runs
-    // `exec_handler`: raw async-signal-safe syscalls on the plan (which outlives the call), no
-    // allocation, no lock, and its only write to shared memory is the LISTEN_PID slot made for
-    // it. Every signal is blocked, so no handler of rinetd's can run in the child before
-    // exec_handler has reset them. SIGCHLD makes it an ordinary child for waitpid.
-    let pid = unsafe {
-        libc::clone(
-            run_child,
-            top.cast(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&raw const child_plan).cast_mut().cast(),
-        )
+    // With every signal blocked until the child has reset them, a signal meant for it cannot
+    // run rinetd's handlers in it (they would write to rinetd's own self-pipe).
+    let saved = signals::block_all();
+    let share_memory = plan.credentials.is_none() || inherited.memory_sharing_is_safe;
+    let started = if share_memory {
+        // SAFETY: this is posix_spawn's technique. With CLONE_VM the child runs in rinetd's
+        // memory on the reserved stack, and with CLONE_VFORK rinetd stays suspended until the
+        // child has exec'd or exited, so nothing else touches that memory (or the stack)
+        // meanwhile. The child only runs `exec_handler`: raw async-signal-safe syscalls on the
+        // plan (which outlives the call), no allocation, no lock; it writes only its stack,
+        // errno and the LISTEN_PID slot made for it. Every signal is blocked until it has reset
+        // them. SIGCHLD makes it an ordinary child for waitpid.
+        unsafe {
+            libc::clone(
+                run_child,
+                inherited.child_stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&raw const child_plan).cast_mut().cast(),
+            )
+        }
+    } else {
+        // SAFETY: rinetd is single-threaded and the child only runs `exec_handler` (see above)
+        // on its own copy of the memory.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => exec_handler(&child_plan),
+            Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+            Err(_) => -1,
+        }
     };
     let error = std::io::Error::last_os_error();
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
-    drop(stack);
-    if pid < 0 {
+    signals::restore_mask(saved);
+    if share_memory && plan.credentials.is_some() {
+        // The child's setuid set the dumpable flag of the memory it shared: rinetd's own.
+        let _ = nix::sys::prctl::set_dumpable(inherited.dumpable);
+    }
+    if started < 0 {
         return Err(error);
     }
     drop(output_writer);
     Ok(Spawned {
-        pid: Pid::from_raw(pid),
+        pid: Pid::from_raw(started),
         output,
     })
+}
+
+/// The stack a child runs on between clone and exec: mapped once, with a guard page below it,
+/// and reused (rinetd is suspended while a child uses it). exec_handler needs about 2 KiB at
+/// most (measured); 64 KiB leaves room for glibc's syscall wrappers.
+pub struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    pub fn new() -> io::Result<ChildStack> {
+        let page = 4096;
+        let len = CHILD_STACK + page;
+        // SAFETY: a fresh private anonymous mapping, owned by the returned value; the
+        // mprotect applies to its first page only.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::mprotect(base, page, libc::PROT_NONE) < 0 {
+                let error = io::Error::last_os_error();
+                libc::munmap(base, len);
+                return Err(error);
+            }
+            Ok(ChildStack { base, len })
+        }
+    }
+
+    /// Its 16-byte aligned top: the stack grows down.
+    fn top(&self) -> *mut libc::c_void {
+        let top = self.base.cast::<u8>().wrapping_add(self.len);
+        top.wrapping_sub(top as usize % 16).cast()
+    }
 }
 
 /// Stack for the child between clone and exec: exec_handler needs a few hundred bytes.

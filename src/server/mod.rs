@@ -394,6 +394,10 @@ impl Server {
             dev_null: OwnedFd::from(File::options().read(true).write(true).open("/dev/null")?),
             original_nofile,
             reset_signals: signals::to_reset_in_child(),
+            child_stack: crate::spawn::ChildStack::new()?,
+            dumpable: nix::sys::prctl::get_dumpable().unwrap_or(true),
+            memory_sharing_is_safe: std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
+                .map_or(true, |value| value.trim() != "1"),
         };
         let mut server = Server {
             poll,
