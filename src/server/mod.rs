@@ -156,6 +156,21 @@ struct ServiceState {
     retired: bool,
 }
 
+impl Listener {
+    /// A listener still to be bound.
+    fn unbound(endpoint: Endpoint, token: Token) -> Listener {
+        Listener {
+            endpoint,
+            token,
+            socket: None,
+            bound: None,
+            retrying: false,
+            inherited: false,
+            held_by: None,
+        }
+    }
+}
+
 impl ServiceState {
     fn new(service: Service, listeners: Vec<Listener>) -> ServiceState {
         ServiceState {
@@ -420,15 +435,7 @@ impl Server {
             let listeners = service
                 .listen
                 .iter()
-                .map(|endpoint| Listener {
-                    endpoint: endpoint.clone(),
-                    token: server.new_token(),
-                    socket: None,
-                    bound: None,
-                    retrying: false,
-                    inherited: false,
-                    held_by: None,
-                })
+                .map(|endpoint| Listener::unbound(endpoint.clone(), server.new_token()))
                 .collect();
             server.services.push(ServiceState::new(service, listeners));
         }

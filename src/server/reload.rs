@@ -94,15 +94,7 @@ impl Server {
                 .map(|endpoint| {
                     match sockets.remove(&identity(protocol, endpoint, &service.spec.name)) {
                         Some((_, listener)) => listener,
-                        None => Listener {
-                            endpoint: endpoint.clone(),
-                            token: self.new_token(),
-                            socket: None,
-                            bound: None,
-                            retrying: false,
-                            inherited: false,
-                            held_by: None,
-                        },
+                        None => Listener::unbound(endpoint.clone(), self.new_token()),
                     }
                 })
                 .collect();

@@ -35,6 +35,18 @@ fn try_request(port: u16) -> Result<String, String> {
     Ok(answer)
 }
 
+/// A `wait: true` handler that accepts one client on fd 3, answers `held LINE` once the
+/// client has sent a line, and exits.
+fn accept_one_and_answer(dir: &TestDir) -> std::path::PathBuf {
+    dir.write(
+        "wait.py",
+        "#!/usr/bin/env python3\nimport socket\nlistener = socket.socket(fileno=3)\n\
+         conn, _ = listener.accept()\nline = conn.makefile().readline().strip()\n\
+         conn.sendall(('held ' + line + '\\n').encode())\n",
+        0o755,
+    )
+}
+
 fn refused(port: u16) -> bool {
     TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err()
 }
@@ -208,14 +220,7 @@ fn a_burst_of_sighups_is_coalesced_and_the_service_keeps_answering() {
 #[test]
 fn removing_a_wait_service_while_its_handler_holds_the_socket_is_safe() {
     let dir = TestDir::new("reload-wait-removed");
-    // A wait handler that accepts one client and answers once the client sends a line.
-    let handler = dir.write(
-        "wait.py",
-        "#!/usr/bin/env python3\nimport socket\nlistener = socket.socket(fileno=3)\n\
-         conn, _ = listener.accept()\nline = conn.makefile().readline().strip()\n\
-         conn.sendall(('held ' + line + '\\n').encode())\n",
-        0o755,
-    );
+    let handler = accept_one_and_answer(&dir);
     let other = dir.script("other.sh", "echo other");
     let daemon = Daemon::start(
         &dir,
@@ -292,14 +297,7 @@ fn a_removed_service_leaves_the_status_dump_once_its_handlers_are_gone() {
 #[test]
 fn a_socket_held_by_a_wait_handler_is_not_read_by_the_service_a_reload_gives_it_to() {
     let dir = TestDir::new("reload-held-socket");
-    // Accepts one client, answers once it has sent a line, exits.
-    let handler = dir.write(
-        "wait.py",
-        "#!/usr/bin/env python3\nimport socket\nlistener = socket.socket(fileno=3)\n\
-         conn, _ = listener.accept()\nline = conn.makefile().readline().strip()\n\
-         conn.sendall(('held ' + line + '\\n').encode())\n",
-        0o755,
-    );
+    let handler = accept_one_and_answer(&dir);
     let first_port = crate::harness::free_port_on_both_families();
     let mut second_port = crate::harness::free_port_on_both_families();
     while second_port == first_port {
