@@ -16,7 +16,7 @@ use crate::config::{
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The identity a handler switches to after fork.
+/// The identity a handler switches to before exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub uid: u32,

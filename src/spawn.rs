@@ -83,7 +83,7 @@ fn libc_resource(resource: Resource) -> libc::c_int {
     }) as libc::c_int
 }
 
-/// Forks a handler. `vars` are the per-connection environment variables (REMOTE_ADDR …);
+/// Starts a handler. `vars` are the per-connection environment variables (REMOTE_ADDR …);
 /// `env`/`pass_env` entries of the same name win over them.
 pub fn spawn(
     plan: &ExecPlan,

@@ -795,7 +795,7 @@ impl Server {
         self.again.extend(tokens);
     }
 
-    /// Forks a handler of `service` with `stdio`; records it and watches its output.
+    /// Starts a handler of `service` with `stdio`; records it and watches its output.
     fn start_handler(
         &mut self,
         service: usize,
