@@ -95,22 +95,12 @@ fn main() -> ExitCode {
                 println!("{}: OK, {count} services", given.display());
                 ExitCode::SUCCESS
             }
-            Err(errors) => {
-                for line in errors {
-                    eprintln!("rinetd: {line}");
-                }
-                ExitCode::from(EX_CONFIG)
-            }
+            Err(errors) => config_failure(&errors),
         };
     }
     let (services, _, warnings) = match loaded {
         Ok(loaded) => loaded,
-        Err(errors) => {
-            for line in errors {
-                eprintln!("rinetd: {line}");
-            }
-            return ExitCode::from(EX_CONFIG);
-        }
+        Err(errors) => return config_failure(&errors),
     };
     let target = match cli.log {
         Some(LogTarget::Stderr) => Target::Stderr,
@@ -186,6 +176,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail_start(&readiness, &message),
     }
+}
+
+/// Prints every configuration error; the exit status for them.
+fn config_failure(errors: &[String]) -> ExitCode {
+    for line in errors {
+        eprintln!("rinetd: {line}");
+    }
+    ExitCode::from(EX_CONFIG)
 }
 
 fn fail_start(readiness: &Rc<RefCell<Option<daemon::Readiness>>>, message: &str) -> ExitCode {

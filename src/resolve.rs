@@ -323,10 +323,15 @@ fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Pos, S
                 ),
                 IdSpec::Id(id) => User::from_uid(Uid::from_raw(*id)).ok().flatten(),
             };
-            match (&user, who) {
-                (Some(user), _) => (user.uid.as_raw(), user.gid.as_raw(), Some(user.clone())),
-                (None, IdSpec::Id(id)) => (*id, *id, None),
-                (None, IdSpec::Name(_)) => unreachable!("named users without an entry fail above"),
+            match user {
+                Some(user) => (user.uid.as_raw(), user.gid.as_raw(), Some(user)),
+                // A numeric uid without a passwd entry: its number is the gid too.
+                None => {
+                    let IdSpec::Id(id) = who else {
+                        return Err((*pos, "key \"user\": unknown user".to_string()));
+                    };
+                    (*id, *id, None)
+                }
             }
         }
     };

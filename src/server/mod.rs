@@ -157,6 +157,12 @@ struct ServiceState {
 }
 
 impl Listener {
+    /// Its address for the log: as bound (an ephemeral port resolved), else as configured.
+    fn shown(&self) -> String {
+        self.bound
+            .map_or_else(|| self.endpoint.to_string(), |a| a.to_string())
+    }
+
     /// A listener still to be bound.
     fn unbound(endpoint: Endpoint, token: Token) -> Listener {
         Listener {
@@ -617,13 +623,15 @@ impl Server {
         });
         match registered {
             Ok((socket, address)) => {
-                let shown =
-                    address.map_or_else(|| listener.endpoint.to_string(), |a| a.to_string());
-                let how = if inherited { " inherited" } else { "" };
-                info!("{}: listening address={shown}{how}", state.service.label);
                 listener.socket = Some(socket);
                 listener.bound = address;
                 listener.inherited = inherited;
+                let how = if inherited { " inherited" } else { "" };
+                info!(
+                    "{}: listening address={}{how}",
+                    state.service.label,
+                    listener.shown()
+                );
                 self.sources
                     .insert(listener.token, Source::Listener { service, index });
                 // Clients may have queued while the port was being retried.
@@ -1192,14 +1200,7 @@ impl Server {
         );
         let now = Instant::now();
         for state in shown {
-            let bound: Vec<String> = state
-                .listeners
-                .iter()
-                .map(|l| {
-                    l.bound
-                        .map_or_else(|| l.endpoint.to_string(), |a| a.to_string())
-                })
-                .collect();
+            let bound: Vec<String> = state.listeners.iter().map(Listener::shown).collect();
             let phase = if state.retired {
                 "retired".to_string()
             } else if state.listeners.iter().all(|l| l.socket.is_none()) {
