@@ -15,7 +15,6 @@ use nix::fcntl::OFlag;
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
 };
-use nix::sys::time::TimeSpec;
 use nix::unistd::pipe2;
 
 use super::{
@@ -71,11 +70,18 @@ pub(super) fn stamp_arrivals(socket: &impl AsFd) -> io::Result<()> {
     setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
 }
 
-/// The first datagram in the queue, as a fingerprint, without taking it.
+/// Room for the control messages a datagram may carry. rinetd asks for one (the arrival time),
+/// but a `wait: true` handler may turn on any option on the socket it was handed (tftpd-hpa sets
+/// IP_PKTINFO), and each adds a message to every later datagram.
+const CONTROL_ROOM: usize = 1024;
+
+/// The first datagram in the queue, as a fingerprint, without taking it. Control messages that
+/// do not fit are left out (the kernel says so with MSG_CTRUNC): the fingerprint then has no
+/// arrival time, but the datagram is still there.
 pub(super) fn peek_fingerprint(socket: &UdpSocket) -> Option<Fingerprint> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut control = nix::cmsg_space!(TimeSpec);
+    let mut control = vec![0u8; CONTROL_ROOM];
     let message = recvmsg::<SockaddrStorage>(
         socket.as_raw_fd(),
         &mut iov,
@@ -83,9 +89,11 @@ pub(super) fn peek_fingerprint(socket: &UdpSocket) -> Option<Fingerprint> {
         MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
     )
     .ok()?;
-    let arrived = message.cmsgs().ok()?.find_map(|cmsg| match cmsg {
-        ControlMessageOwned::ScmTimestampns(at) => Some((at.tv_sec(), at.tv_nsec())),
-        _ => None,
+    let arrived = message.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|cmsg| match cmsg {
+            ControlMessageOwned::ScmTimestampns(at) => Some((at.tv_sec(), at.tv_nsec())),
+            _ => None,
+        })
     });
     let sender = message.address.as_ref().and_then(socket_address)?;
     let len = message.bytes;

@@ -226,10 +226,10 @@ impl ServiceState {
 }
 
 /// A datagram as `wait: true` first saw it, to recognise it if the handler leaves it unread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 ///
 /// Sender, length and content are the contract's test; the kernel's arrival time (SO_TIMESTAMPNS)
 /// tells a client's byte-identical retry (TFTP and DNS clients send those) from the original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint {
     sender: SocketAddr,
     len: usize,
@@ -247,6 +247,20 @@ impl Fingerprint {
             hash: hasher.finish(),
             arrived,
         }
+    }
+
+    /// Whether `other` is the same datagram. The arrival time decides only when both have one:
+    /// a handler may have turned time stamps off, or filled the control buffer with messages
+    /// of its own.
+    fn is_same_datagram(&self, other: &Fingerprint) -> bool {
+        let times_agree = match (self.arrived, other.arrived) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => true,
+        };
+        self.sender == other.sender
+            && self.len == other.len
+            && self.hash == other.hash
+            && times_agree
     }
 }
 
@@ -921,8 +935,16 @@ impl Server {
         let _ = socket.set_nonblocking(true);
         match socket {
             Bound::Datagram(socket) => {
+                // A handler may have turned time stamps off: rinetd's fingerprints need them.
+                if let Err(err) = datagram::stamp_arrivals(socket) {
+                    warn!(
+                        "{}: cannot time-stamp datagrams error={err}",
+                        state.service.label
+                    );
+                }
                 if let Some(trigger) = trigger
-                    && datagram::peek_fingerprint(socket) == Some(trigger)
+                    && datagram::peek_fingerprint(socket)
+                        .is_some_and(|first| first.is_same_datagram(&trigger))
                 {
                     let _ = datagram::discard_one(socket);
                     warn!(

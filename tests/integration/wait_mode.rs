@@ -288,3 +288,61 @@ fn udp_wait_keeps_an_identical_datagram_that_arrived_later() {
     assert_eq!(String::from_utf8_lossy(&reply), expected);
     assert_eq!(daemon.count_lines("dropped the datagram"), 0);
 }
+
+/// A datagram handler that turns on IP_PKTINFO on the socket it was handed (as tftpd-hpa does),
+/// so that every later datagram carries a control message rinetd did not ask for. It answers
+/// one datagram; with a marker path as its argument, only the first time (the marker then
+/// exists), after which it exits leaving its trigger unread.
+fn pktinfo_handler(dir: &TestDir) -> PathBuf {
+    let body = r#"
+sock = socket.socket(fileno=3)
+sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_PKTINFO", 8), 1)
+marker = sys.argv[1] if len(sys.argv) > 1 else None
+if marker is None or not os.path.exists(marker):
+    if marker:
+        open(marker, "w").close()
+    data, peer = sock.recvfrom(65536)
+    sock.sendto(b"got " + data, peer)
+"#;
+    dir.write(
+        "pktinfo.py",
+        &format!("#!/usr/bin/env python3\n{CHECKS}{body}"),
+        0o755,
+    )
+}
+
+#[test]
+fn udp_wait_service_goes_deaf_after_a_handler_turned_on_ip_pktinfo() {
+    let dir = TestDir::new("udp-wait-pktinfo");
+    let daemon = Daemon::start(&dir, &[udp_wait("tftp", &pktinfo_handler(&dir))]);
+    let address = daemon.udp_address("tftp");
+    for round in ["first", "second", "third"] {
+        let reply = udp_exchange(&udp_client(), address, round.as_bytes());
+        assert_eq!(String::from_utf8_lossy(&reply), format!("got {round}"));
+    }
+    assert_eq!(handed_over(&daemon, "tftp/udp"), 3);
+}
+
+#[test]
+fn udp_wait_unread_trigger_is_dropped_after_a_handler_turned_on_ip_pktinfo() {
+    let dir = TestDir::new("udp-wait-pktinfo-unread");
+    let marker = dir.join("answered-once");
+    let args = format!("[pktinfo.py, \"{}\"]", marker.display());
+    let service = udp_wait("lazy", &pktinfo_handler(&dir)).set("args", &args);
+    let daemon = Daemon::start(&dir, &[service, udp_sync_service()]);
+    let address = daemon.udp_address("lazy");
+    let client = udp_client();
+    let local = client.local_addr().unwrap();
+    // The first handler answers and leaves IP_PKTINFO on: every later datagram carries it.
+    assert_eq!(udp_exchange(&client, address, b"first"), b"got first");
+    client.send_to(b"never read", address).unwrap();
+    daemon.wait_for_line(&format!(
+        "lazy/udp: dropped the datagram from {local} the handler left unread"
+    ));
+    udp_sync(&daemon, &client);
+    assert_eq!(
+        handed_over(&daemon, "lazy/udp"),
+        2,
+        "a handler was restarted for a datagram already dropped"
+    );
+}
