@@ -1153,17 +1153,16 @@ impl Server {
         );
     }
 
-    /// SIGKILL for a timed-out handler's group: the handler if it still runs, and whatever it
-    /// left behind in its process group if it does not.
+    /// SIGKILL for a timed-out handler's group, only while the handler is not reaped: until
+    /// then its pid, and so its group id, cannot belong to anyone else. Once it has been reaped
+    /// the pid may lead an unrelated group (pids wrap in seconds under load), so whatever it
+    /// left in its group is not signalled.
     fn kill_group(&mut self, pid: Pid, started: Instant) {
-        let label = match self.children.get(&pid) {
-            Some(child) if child.started != started => return, // the pid was reused by a new handler
-            Some(child) => Some(self.services[child.service].label().to_string()),
-            None => None,
+        let Some(child) = self.children.get(&pid).filter(|c| c.started == started) else {
+            return;
         };
-        if killpg(pid, Signal::SIGKILL).is_ok()
-            && let Some(label) = label
-        {
+        let label = self.services[child.service].label().to_string();
+        if killpg(pid, Signal::SIGKILL).is_ok() {
             warn!("{label}: timeout pid={pid} signal=SIGKILL");
         }
     }
