@@ -18,8 +18,8 @@ use nix::sys::socket::{
 use nix::unistd::pipe2;
 
 use super::{
-    ACCEPT_BACKOFF, Bound, Fingerprint, Role, Server, Source, address_vars, is_resource_exhaustion,
-    would_block,
+    ACCEPT_BACKOFF, Bound, Fingerprint, Role, Server, Source, address_vars, canonical,
+    is_resource_exhaustion, would_block,
 };
 use crate::builtin::{self, LOOP_PORTS};
 use crate::config::Builtin;
@@ -161,9 +161,10 @@ impl Server {
         }
         self.count_for_rate_limit(service, Instant::now());
         let state = &mut self.services[service];
-        match state.refusal(peer.ip()) {
+        let client = canonical(peer);
+        match state.refusal(client.ip()) {
             Some(reason) => {
-                state.refuse(&peer.to_string(), reason);
+                state.refuse(&client.to_string(), reason);
                 Next::Skipped
             }
             None => Next::Admitted(len, peer),
@@ -267,18 +268,21 @@ impl Server {
         let (reply, reply_writer) = pipe2(OFlag::O_CLOEXEC)?;
         nix::fcntl::fcntl(&reply, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         let token = self.new_token();
-        let vars = address_vars(self.services[service].service.spec.protocol, peer, local);
+        // `peer` as received is where the reply goes; the client it names is canonical.
+        let client = canonical(peer);
+        let local = canonical(local);
+        let vars = address_vars(self.services[service].service.spec.protocol, client, local);
         let stdio = Stdio::Datagram {
             request: request.as_raw_fd(),
             reply: reply_writer.as_raw_fd(),
         };
         let role = Role::Datagram { reply: token };
-        let Some(pid) = self.start_handler(service, stdio, &vars, Some(peer.ip()), role) else {
+        let Some(pid) = self.start_handler(service, stdio, &vars, Some(client.ip()), role) else {
             return Ok(());
         };
         drop((request, reply_writer));
         info!(
-            "{}: accepted client={peer} bytes={} pid={pid}",
+            "{}: accepted client={client} bytes={} pid={pid}",
             self.services[service].label(),
             datagram.len()
         );
@@ -340,13 +344,14 @@ impl Server {
         for _ in 0..super::TURN {
             let fingerprint = peek_fingerprint(self.udp_socket(service, index)?)?;
             let state = &mut self.services[service];
-            match state.refusal(fingerprint.sender.ip()) {
+            let client = canonical(fingerprint.sender);
+            match state.refusal(client.ip()) {
                 None => {
                     self.count_for_rate_limit(service, Instant::now());
                     return Some(fingerprint);
                 }
                 Some(reason) => {
-                    state.refuse(&fingerprint.sender.to_string(), reason);
+                    state.refuse(&client.to_string(), reason);
                     discard_one(self.udp_socket(service, index)?).ok()?;
                 }
             }

@@ -370,6 +370,13 @@ fn would_block(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock
 }
 
+/// A client or local address as rinetd judges, logs and passes it on: an IPv4-mapped IPv6
+/// address (`::ffff:a.b.c.d`, from a dual-stack socket or a PROXY header) is the IPv4 address,
+/// so that ACLs and per-source counts cannot be sidestepped by writing it the other way.
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
 /// A measured duration, to the millisecond: `0.004s`.
 fn seconds(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())

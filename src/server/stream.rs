@@ -11,8 +11,8 @@ use mio::{Interest, Token};
 use socket2::Socket;
 
 use super::{
-    ACCEPT_BACKOFF, Bound, Kind, Role, Server, Source, Timer, address_vars, is_resource_exhaustion,
-    seconds, would_block,
+    ACCEPT_BACKOFF, Bound, Kind, Role, Server, Source, Timer, address_vars, canonical,
+    is_resource_exhaustion, seconds, would_block,
 };
 use crate::builtin::{Step, StreamBuiltin};
 use crate::proxy::{self, Parsed};
@@ -64,8 +64,8 @@ impl Server {
                 Ok((connection, peer)) => {
                     let bound = listener.bound;
                     self.count_for_rate_limit(service, Instant::now());
-                    let remote = peer.as_socket();
-                    let local = bound.map(|bound| local_of(&connection, bound));
+                    let remote = peer.as_socket().map(canonical);
+                    let local = bound.map(|bound| canonical(local_of(&connection, bound)));
                     if self.services[service].service.spec.proxy_protocol {
                         if let (Some(remote), Some(local)) = (remote, local) {
                             self.await_proxy_header(service, connection, remote, local);
@@ -101,6 +101,8 @@ impl Server {
         remote: Option<SocketAddr>,
         local: Option<SocketAddr>,
     ) {
+        // A PROXY header may name a mapped address too.
+        let (remote, local) = (remote.map(canonical), local.map(canonical));
         let state = &mut self.services[service];
         if let Some(remote) = remote
             && let Some(reason) = state.refusal(remote.ip())

@@ -321,3 +321,53 @@ fn a_client_refused_after_its_header_frees_its_place_for_the_next() {
     let answer = read_to_eof(&mut second);
     assert!(answer.ends_with("---\nwaited\n"), "{answer:?}");
 }
+
+#[test]
+fn ipv4_mapped_ipv6_sources_get_past_acls_and_limits() {
+    // `::ffff:a.b.c.d` is the IPv4 client a.b.c.d for ACLs, per_source, logs and environment.
+    let dir = TestDir::new("proxy-mapped");
+    let hold = dir.script("hold.sh", "echo \"$REMOTE_ADDR\"\nread line");
+    let daemon = Daemon::start(
+        &dir,
+        &[
+            Service::new("denied", &hold)
+                .set("proxy_protocol", "true")
+                .set("no_access", "[192.0.2.0/24]"),
+            Service::new("admitted", &hold)
+                .set("proxy_protocol", "true")
+                .set("only_from", "[192.0.2.0/24]"),
+            Service::new("limited", &hold)
+                .set("proxy_protocol", "true")
+                .set("per_source", "1"),
+        ],
+    );
+    let mapped = b"PROXY TCP6 ::ffff:192.0.2.1 ::ffff:192.0.2.2 1111 2222\r\n";
+
+    let mut denied = daemon.connect("denied");
+    denied.write_all(mapped).unwrap();
+    assert_eq!(read_until_closed(&mut denied), "", "no_access let it in");
+    daemon.wait_for_line("denied/tcp: refused client=192.0.2.1:1111 reason=no_access");
+
+    let mut admitted = daemon.connect("admitted");
+    admitted.write_all(mapped).unwrap();
+    assert_eq!(
+        read_line(&mut admitted),
+        "192.0.2.1",
+        "only_from refused it"
+    );
+    daemon.wait_for_line("admitted/tcp: accepted client=192.0.2.1:1111 pid=");
+
+    let mut plain = daemon.connect("limited");
+    plain
+        .write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\n")
+        .unwrap();
+    assert_eq!(read_line(&mut plain), "192.0.2.1");
+    let mut same_client = daemon.connect("limited");
+    same_client.write_all(mapped).unwrap();
+    assert_eq!(
+        read_until_closed(&mut same_client),
+        "",
+        "per_source counted the mapped address as another client"
+    );
+    daemon.wait_for_line("limited/tcp: refused client=192.0.2.1:1111 reason=per_source");
+}
