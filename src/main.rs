@@ -48,8 +48,7 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
         )]);
     }
     let host = Host::current();
-    resolve::check_config_permissions(path, &host).map_err(|err| vec![err])?;
-    let text = std::fs::read_to_string(path).map_err(|err| vec![format!("{shown}: {err}")])?;
+    let text = resolve::read_config(path, &host).map_err(|err| vec![err])?;
     let render = |errors: Vec<config::ConfigError>| -> Vec<String> {
         errors.iter().map(ToString::to_string).collect()
     };
@@ -58,9 +57,7 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
         include::expand(&base, pattern)?
             .into_iter()
             .map(|file| {
-                resolve::check_config_permissions(&file, &host)?;
-                let text = std::fs::read_to_string(&file)
-                    .map_err(|err| format!("{}: {err}", file.display()))?;
+                let text = resolve::read_config(&file, &host)?;
                 Ok((file.display().to_string(), text))
             })
             .collect()

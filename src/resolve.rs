@@ -266,29 +266,69 @@ pub fn service_port(services_file: &str, name: &str, protocol: Protocol) -> Opti
     })
 }
 
-/// As root, a table anyone but root can write would let them run code as root: refuse it.
-pub fn check_config_permissions(path: &Path, host: &Host) -> Result<(), String> {
+/// Reads a table file. As root, a table anyone but root could change would let them run code
+/// as root, so it is refused: a file not owned by root or writable by group or others, or one
+/// in a folder they can write (a sticky folder owned by root is fine for entries root owns).
+/// The file is opened once and the checks are made on what was opened (`fstat`), so swapping
+/// a symlink between the check and the read achieves nothing.
+pub fn read_config(path: &Path, host: &Host) -> Result<String, String> {
+    use std::io::Read;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if host.euid != 0 {
+    let shown = path.display();
+    let mut file = std::fs::File::open(path).map_err(|err| format!("{shown}: {err}"))?;
+    if host.euid == 0 {
+        let meta = file.metadata().map_err(|err| format!("{shown}: {err}"))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(format!(
+                "{shown}: writable by group or others (mode {:04o}); rinetd runs as root and refuses it",
+                mode & 0o7777
+            ));
+        }
+        if meta.uid() != 0 {
+            return Err(format!(
+                "{shown}: owned by uid {}, not root; rinetd runs as root and refuses it",
+                meta.uid()
+            ));
+        }
+        check_folder(path)?;
+        // A symlink's target lives in a folder of its own, which must be as safe.
+        if let Ok(real) = std::fs::canonicalize(path)
+            && real.parent() != path.parent()
+        {
+            check_folder(&real)?;
+        }
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|err| format!("{shown}: {err}"))?;
+    Ok(text)
+}
+
+/// The folder holding `path` must not let anyone but root replace it: not writable by group
+/// or others, unless it is a sticky folder owned by root and the entry itself is root's.
+fn check_folder(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(folder).map_err(|err| format!("{}: {err}", folder.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o022 == 0 {
         return Ok(());
     }
-    let meta = std::fs::metadata(path).map_err(|err| format!("{}: {err}", path.display()))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "{}: writable by group or others (mode {:04o}); rinetd runs as root and refuses it",
-            path.display(),
-            mode & 0o7777
-        ));
+    let sticky = mode & 0o1000 != 0 && meta.uid() == 0;
+    let entry_is_roots = std::fs::symlink_metadata(path).is_ok_and(|entry| entry.uid() == 0);
+    if sticky && entry_is_roots {
+        return Ok(());
     }
-    if meta.uid() != 0 {
-        return Err(format!(
-            "{}: owned by uid {}, not root; rinetd runs as root and refuses it",
-            path.display(),
-            meta.uid()
-        ));
-    }
-    Ok(())
+    Err(format!(
+        "{}: in folder {} which group or others can write (mode {:04o}); rinetd runs as root and refuses it",
+        path.display(),
+        folder.display(),
+        mode & 0o7777
+    ))
 }
 
 fn check_executable(path: &Path) -> Result<(), String> {

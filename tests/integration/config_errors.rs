@@ -646,3 +646,99 @@ fn a_quoted_umask_after_non_ascii_text_is_accepted() {
     let output = check_config(&config);
     assert_eq!(output.status.code(), Some(0), "{}", all_output(&output));
 }
+
+#[test]
+fn as_root_a_table_in_a_folder_others_can_write_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: the permission check applies only when rinetd runs as root");
+        return;
+    }
+    let (dir, server) = dir_with_handlers("writable-folder");
+    std::fs::create_dir(dir.join("tables")).unwrap();
+    let config = dir.write(
+        "tables/rinetd.conf",
+        &format!("services:\n  - name: hello\n    port: 0\n    server: {server}\n"),
+        0o644,
+    );
+    let folder = dir.join("tables");
+    for (mode, refused) in [
+        (0o755, false),
+        (0o777, true),
+        (0o775, true),
+        (0o1777, false),
+    ] {
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(mode)).unwrap();
+        let output = check_config(&config);
+        let text = all_output(&output);
+        if refused {
+            assert_eq!(output.status.code(), Some(EX_CONFIG), "{mode:o}: {text}");
+            assert!(
+                text.contains("folder") && text.contains("writable"),
+                "{text}"
+            );
+        } else {
+            assert_eq!(output.status.code(), Some(0), "{mode:o}: {text}");
+        }
+    }
+    // A sticky folder protects only root's own files.
+    std::os::unix::fs::chown(&config, Some(65534), None).unwrap();
+    let output = check_config(&config);
+    assert_eq!(
+        output.status.code(),
+        Some(EX_CONFIG),
+        "{}",
+        all_output(&output)
+    );
+}
+
+#[test]
+fn config_permission_check_can_be_raced_by_swapping_a_symlink() {
+    // The table is a symlink that another process keeps pointing at a good, root-owned table
+    // (1 service) and at one owned by nobody (2 services). Each check must either read the good
+    // one or refuse: never check one file and read the other.
+    if !is_root() {
+        eprintln!("skipped: the permission check applies only when rinetd runs as root");
+        return;
+    }
+    let (dir, server) = dir_with_handlers("symlink-race");
+    let one = format!("services:\n  - name: a\n    port: 0\n    server: {server}\n");
+    let two = format!("{one}  - name: b\n    port: 0\n    server: {server}\n");
+    let good = dir.write("good.conf", &one, 0o644);
+    let evil = dir.write("evil.conf", &two, 0o644);
+    std::os::unix::fs::chown(&evil, Some(65534), None).unwrap();
+    let link = dir.join("rinetd-link.conf");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, link, good, evil) = (stop.clone(), link.clone(), good.clone(), evil.clone());
+        let staging = dir.join("staging.conf");
+        std::thread::spawn(move || {
+            let mut flip = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                flip = !flip;
+                let _ = std::fs::remove_file(&staging);
+                std::os::unix::fs::symlink(if flip { &evil } else { &good }, &staging).unwrap();
+                std::fs::rename(&staging, &link).unwrap();
+            }
+        })
+    };
+    let mut outcomes = std::collections::BTreeMap::new();
+    for _ in 0..400 {
+        let text = all_output(&check_config(&link));
+        let outcome = if text.contains("OK, 2 services") {
+            "read the file nobody owns"
+        } else if text.contains("OK, 1 services") {
+            "good"
+        } else {
+            "refused"
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert_eq!(
+        outcomes.get("read the file nobody owns"),
+        None,
+        "{outcomes:?}"
+    );
+}
