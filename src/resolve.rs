@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use nix::unistd::{AccessFlags, Gid, Group, Uid, User, access, getgrouplist};
 
 use crate::config::{
-    ConfigError, Handler, IdSpec, PortSpec, Pos, Protocol, Resource, ServiceSpec, StderrMode, Table,
+    ConfigError, Handler, IdSpec, Place, PortSpec, Pos, Protocol, Resource, ServiceSpec,
+    StderrMode, Table,
 };
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -139,8 +140,13 @@ pub fn resolve(
         // A builtin runs as rinetd: a `user` it got from defaults is not its business.
         let identity = match program.as_ref().map(|_| identity(spec, host)) {
             Some(Ok(identity)) => identity,
-            Some(Err((pos, message))) => {
-                fail(pos, message);
+            Some(Err((place, message))) => {
+                errors.push(ConfigError {
+                    file: place.file,
+                    pos: Some(place.pos),
+                    service: Some(spec.name.clone()),
+                    message,
+                });
                 None
             }
             None => None,
@@ -347,20 +353,22 @@ struct Identity {
 }
 
 /// The identity to switch to, or None to keep rinetd's.
-fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Pos, String)> {
+fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Place, String)> {
     if spec.user.is_none() && spec.group.is_none() {
         return Ok(None);
     }
     let (uid, gid, user) = match &spec.user {
         None => (host.euid, host.egid, None),
-        Some((who, pos)) => {
+        Some((who, place)) => {
             let user = match who {
-                IdSpec::Name(name) => Some(
-                    User::from_name(name)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| (*pos, format!("key \"user\": unknown user \"{name}\"")))?,
-                ),
+                IdSpec::Name(name) => {
+                    Some(User::from_name(name).ok().flatten().ok_or_else(|| {
+                        (
+                            place.clone(),
+                            format!("key \"user\": unknown user \"{name}\""),
+                        )
+                    })?)
+                }
                 IdSpec::Id(id) => User::from_uid(Uid::from_raw(*id)).ok().flatten(),
             };
             match user {
@@ -368,7 +376,7 @@ fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Pos, S
                 // A numeric uid without a passwd entry: its number is the gid too.
                 None => {
                     let IdSpec::Id(id) = who else {
-                        return Err((*pos, "key \"user\": unknown user".to_string()));
+                        return Err((place.clone(), "key \"user\": unknown user".to_string()));
                     };
                     (*id, *id, None)
                 }
@@ -378,21 +386,28 @@ fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Pos, S
     let gid = match &spec.group {
         None => gid,
         Some((IdSpec::Id(id), _)) => *id,
-        Some((IdSpec::Name(name), pos)) => Group::from_name(name)
+        Some((IdSpec::Name(name), place)) => Group::from_name(name)
             .ok()
             .flatten()
-            .ok_or_else(|| (*pos, format!("key \"group\": unknown group \"{name}\"")))?
+            .ok_or_else(|| {
+                (
+                    place.clone(),
+                    format!("key \"group\": unknown group \"{name}\""),
+                )
+            })?
             .gid
             .as_raw(),
     };
     if host.euid != 0 && (uid != host.euid || gid != host.egid) {
-        let pos = spec
-            .user
-            .as_ref()
-            .or(spec.group.as_ref())
-            .map_or(spec.pos, |(_, p)| *p);
+        let place = spec.user.as_ref().or(spec.group.as_ref()).map_or_else(
+            || Place {
+                file: spec.file.clone(),
+                pos: spec.pos,
+            },
+            |(_, place)| place.clone(),
+        );
         return Err((
-            pos,
+            place,
             "rinetd is not running as root, so handlers can only run as its own user and group"
                 .to_string(),
         ));

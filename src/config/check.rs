@@ -13,7 +13,7 @@ use super::raw::{
     NameProbe, OneOrMany, ProbeFile, RawFile, RawIncluded, RawRateLimit, RawService, Scalar,
 };
 use super::{
-    Builtin, ConfigError, Handler, IdSpec, LimitValue, PortSpec, Pos, Protocol, RateLimit,
+    Builtin, ConfigError, Handler, IdSpec, LimitValue, Place, PortSpec, Pos, Protocol, RateLimit,
     Resource, ServiceSpec, StderrMode, Table, UnixSocket,
 };
 
@@ -51,11 +51,7 @@ pub fn parse_partial(
         Ok(raw) => raw,
         Err(err) => return (table, vec![syntax_error(file, text, &err)]),
     };
-    let mut checker = Checker {
-        file,
-        text,
-        errors: Vec::new(),
-    };
+    let mut checker = Checker::new(file, text, file, text);
     let defaults = match raw.defaults {
         Some(defaults) => {
             checker.reject_in_defaults(&defaults);
@@ -74,8 +70,9 @@ pub fn parse_partial(
                 message: format!("include \"{}\": {message}", pattern.value),
             }),
             Ok(files) => {
-                for (path, text) in files {
-                    let (services, more) = parse_included(&path, &text, &defaults);
+                for (path, included) in files {
+                    let main = (file, text);
+                    let (services, more) = parse_included(&path, &included, &defaults, main);
                     table.services.extend(services);
                     errors.extend(more);
                 }
@@ -83,7 +80,16 @@ pub fn parse_partial(
         }
     }
     errors.extend(duplicate_names(&table.services));
-    (table, errors)
+    (table, without_repeats(errors))
+}
+
+/// A mistake in `defaults:` is found once per service that takes the value: report it once.
+fn without_repeats(errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    errors
+        .into_iter()
+        .filter(|error| seen.insert(error.to_string()))
+        .collect()
 }
 
 /// Expands an `include:` entry into (path, text) pairs, or says why it cannot.
@@ -98,16 +104,13 @@ fn parse_included(
     file: &str,
     text: &str,
     defaults: &RawService,
+    (main_file, main_text): (&str, &str),
 ) -> (Vec<ServiceSpec>, Vec<ConfigError>) {
     let raw: RawIncluded = match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(raw) => raw,
         Err(err) => return (Vec::new(), vec![syntax_error(file, text, &err)]),
     };
-    let mut checker = Checker {
-        file,
-        text,
-        errors: Vec::new(),
-    };
+    let mut checker = Checker::new(file, text, main_file, main_text);
     let services = checker.services(raw.services, defaults);
     (services, checker.errors)
 }
@@ -285,25 +288,77 @@ fn service_at(text: &str, line: u64) -> Option<String> {
 struct Checker<'a> {
     file: &'a str,
     text: &'a str,
+    /// The main file, where `defaults:` is written.
+    defaults_file: &'a str,
+    defaults_text: &'a str,
+    /// The value being checked came from `defaults:`: its errors are located in the main file
+    /// and belong to no one service.
+    in_defaults: bool,
     errors: Vec<ConfigError>,
 }
 
-/// A (d) key: the service's own value, else the one from `defaults:`.
-fn pick<'v, T>(
-    own: &'v Option<Spanned<T>>,
-    defaults: &'v Option<Spanned<T>>,
-) -> Option<&'v Spanned<T>> {
-    own.as_ref().or(defaults.as_ref())
-}
+impl<'a> Checker<'a> {
+    fn new(
+        file: &'a str,
+        text: &'a str,
+        defaults_file: &'a str,
+        defaults_text: &'a str,
+    ) -> Checker<'a> {
+        Checker {
+            file,
+            text,
+            defaults_file,
+            defaults_text,
+            in_defaults: false,
+            errors: Vec::new(),
+        }
+    }
 
-impl Checker<'_> {
     fn error(&mut self, pos: Pos, service: Option<&str>, message: impl Into<String>) {
+        let (file, service) = if self.in_defaults {
+            (self.defaults_file, None)
+        } else {
+            (self.file, service)
+        };
         self.errors.push(ConfigError {
-            file: self.file.to_string(),
+            file: file.to_string(),
             pos: Some(pos),
             service: service.map(str::to_string),
             message: message.into(),
         });
+    }
+
+    /// A (d) key: `check` on the service's own value, else on the one from `defaults:` (with
+    /// its errors located there).
+    fn pick<T, R>(
+        &mut self,
+        own: &Option<Spanned<T>>,
+        defaults: &Option<Spanned<T>>,
+        check: impl FnOnce(&mut Self, &Spanned<T>) -> R,
+    ) -> Option<R> {
+        match (own, defaults) {
+            (Some(own), _) => Some(check(self, own)),
+            (None, Some(default)) => {
+                self.in_defaults = true;
+                let checked = check(self, default);
+                self.in_defaults = false;
+                Some(checked)
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// Where a value being checked was written, for later stages' messages about it.
+    fn place(&self, pos: Pos) -> Place {
+        let file = if self.in_defaults {
+            self.defaults_file
+        } else {
+            self.file
+        };
+        Place {
+            file: file.to_string(),
+            pos,
+        }
     }
 
     /// Checks a `services:` list; a missing one is an error (an empty one is not).
@@ -473,102 +528,144 @@ impl Checker<'_> {
             (addresses, port, port_pos, None)
         };
 
-        let user = pick(&s.user, &defaults.user).map(|u| (self.id_spec(u, svc, "user"), pos_of(u)));
-        let group =
-            pick(&s.group, &defaults.group).map(|g| (self.id_spec(g, svc, "group"), pos_of(g)));
-        let env = pick(&s.env, &defaults.env).map_or_else(BTreeMap::new, |env| {
-            for (key, value) in &env.value {
-                if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0')
-                {
-                    self.error(
-                        pos_of(env),
-                        svc,
-                        format!("key \"env\": \"{key}\" is not a valid variable name"),
-                    );
-                }
-            }
-            env.value.clone()
+        let user = self.pick(&s.user, &defaults.user, |this, u| {
+            (this.id_spec(u, svc, "user"), this.place(pos_of(u)))
         });
-        let pass_env = pick(&s.pass_env, &defaults.pass_env).map_or_else(Vec::new, |list| {
-            for key in &list.value {
-                if key.is_empty() || key.contains('=') || key.contains('\0') {
-                    self.error(
-                        pos_of(list),
-                        svc,
-                        format!("key \"pass_env\": \"{key}\" is not a valid variable name"),
-                    );
-                }
-            }
-            list.value.clone()
+        let group = self.pick(&s.group, &defaults.group, |this, g| {
+            (this.id_spec(g, svc, "group"), this.place(pos_of(g)))
         });
-        let cwd = match pick(&s.cwd, &defaults.cwd) {
-            Some(cwd) => {
+        let env = self
+            .pick(&s.env, &defaults.env, |this, env| {
+                for (key, value) in &env.value {
+                    if key.is_empty()
+                        || key.contains('=')
+                        || key.contains('\0')
+                        || value.contains('\0')
+                    {
+                        this.error(
+                            pos_of(env),
+                            svc,
+                            format!("key \"env\": \"{key}\" is not a valid variable name"),
+                        );
+                    }
+                }
+                env.value.clone()
+            })
+            .unwrap_or_default();
+        let pass_env = self
+            .pick(&s.pass_env, &defaults.pass_env, |this, list| {
+                for key in &list.value {
+                    if key.is_empty() || key.contains('=') || key.contains('\0') {
+                        this.error(
+                            pos_of(list),
+                            svc,
+                            format!("key \"pass_env\": \"{key}\" is not a valid variable name"),
+                        );
+                    }
+                }
+                list.value.clone()
+            })
+            .unwrap_or_default();
+        let cwd = self
+            .pick(&s.cwd, &defaults.cwd, |this, cwd| {
                 if !cwd.value.starts_with('/') {
-                    self.error(pos_of(cwd), svc, "key \"cwd\": must be an absolute path");
+                    this.error(pos_of(cwd), svc, "key \"cwd\": must be an absolute path");
                 }
                 PathBuf::from(&cwd.value)
-            }
-            None => PathBuf::from("/"),
-        };
-        let stderr = match pick(&s.stderr, &defaults.stderr) {
-            None => StderrMode::Log,
-            Some(mode) => match mode.value.as_deref() {
-                None | Some("null") => StderrMode::Null,
-                Some("log") => StderrMode::Log,
-                Some("socket") => StderrMode::Socket,
-                Some(other) => {
-                    self.error(
-                        pos_of(mode),
-                        svc,
-                        format!("key \"stderr\": \"{other}\" is not one of log, socket, null"),
-                    );
-                    StderrMode::Log
+            })
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let stderr = self
+            .pick(&s.stderr, &defaults.stderr, |this, mode| {
+                match mode.value.as_deref() {
+                    None | Some("null") => StderrMode::Null,
+                    Some("log") => StderrMode::Log,
+                    Some("socket") => StderrMode::Socket,
+                    Some(other) => {
+                        this.error(
+                            pos_of(mode),
+                            svc,
+                            format!("key \"stderr\": \"{other}\" is not one of log, socket, null"),
+                        );
+                        StderrMode::Log
+                    }
                 }
-            },
-        };
-        let max_children = pick(&s.max_children, &defaults.max_children)
-            .map_or(DEFAULT_MAX_CHILDREN, |v| self.count(v, svc, "max_children"));
-        let per_source = pick(&s.per_source, &defaults.per_source)
-            .map_or(0, |v| self.count(v, svc, "per_source"));
-        let rate_limit =
-            pick(&s.rate_limit, &defaults.rate_limit).and_then(|r| self.rate_limit(r, svc));
-        let only_from = pick(&s.only_from, &defaults.only_from)
-            .map_or_else(Vec::new, |list| self.networks(list, svc, "only_from"));
-        let no_access = pick(&s.no_access, &defaults.no_access)
-            .map_or_else(Vec::new, |list| self.networks(list, svc, "no_access"));
-        let timeout = pick(&s.timeout, &defaults.timeout)
-            .and_then(|t| self.duration(t, svc, "timeout"))
+            })
+            .unwrap_or(StderrMode::Log);
+        let max_children = self
+            .pick(&s.max_children, &defaults.max_children, |this, v| {
+                this.count(v, svc, "max_children")
+            })
+            .unwrap_or(DEFAULT_MAX_CHILDREN);
+        let per_source = self
+            .pick(&s.per_source, &defaults.per_source, |this, v| {
+                this.count(v, svc, "per_source")
+            })
+            .unwrap_or(0);
+        let rate_limit = self
+            .pick(&s.rate_limit, &defaults.rate_limit, |this, r| {
+                this.rate_limit(r, svc)
+            })
+            .flatten();
+        let only_from = self
+            .pick(&s.only_from, &defaults.only_from, |this, list| {
+                this.networks(list, svc, "only_from")
+            })
+            .unwrap_or_default();
+        let no_access = self
+            .pick(&s.no_access, &defaults.no_access, |this, list| {
+                this.networks(list, svc, "no_access")
+            })
+            .unwrap_or_default();
+        let timeout = self
+            .pick(&s.timeout, &defaults.timeout, |this, t| {
+                this.duration(t, svc, "timeout")
+            })
+            .flatten()
             .filter(|t| !t.is_zero());
-        let rlimits = pick(&s.rlimits, &defaults.rlimits)
-            .map_or_else(Vec::new, |limits| self.rlimits(limits, svc));
-        let nice = match pick(&s.nice, &defaults.nice) {
-            Some(nice) if !(-20..=19).contains(&nice.value) => {
-                self.error(
-                    pos_of(nice),
-                    svc,
-                    "key \"nice\": must be between -20 and 19",
-                );
-                0
-            }
-            Some(nice) => nice.value as i32,
-            None => 0,
-        };
-        let umask = pick(&s.umask, &defaults.umask)
-            .and_then(|u| self.octal(u, svc, "umask"))
+        let rlimits = self
+            .pick(&s.rlimits, &defaults.rlimits, |this, limits| {
+                this.rlimits(limits, svc)
+            })
+            .unwrap_or_default();
+        let nice = self
+            .pick(&s.nice, &defaults.nice, |this, nice| {
+                if (-20..=19).contains(&nice.value) {
+                    nice.value as i32
+                } else {
+                    this.error(
+                        pos_of(nice),
+                        svc,
+                        "key \"nice\": must be between -20 and 19",
+                    );
+                    0
+                }
+            })
+            .unwrap_or(0);
+        let umask = self
+            .pick(&s.umask, &defaults.umask, |this, u| {
+                this.octal(u, svc, "umask")
+            })
+            .flatten()
             .unwrap_or(DEFAULT_UMASK);
-        let backlog = match pick(&s.backlog, &defaults.backlog) {
-            Some(b) if !(1..=65535).contains(&b.value) => {
-                self.error(
-                    pos_of(b),
-                    svc,
-                    "key \"backlog\": must be between 1 and 65535",
-                );
-                DEFAULT_BACKLOG
-            }
-            Some(b) => b.value as u32,
-            None => DEFAULT_BACKLOG,
-        };
-        let keepalive = pick(&s.keepalive, &defaults.keepalive).is_some_and(|k| k.value);
+        let backlog = self
+            .pick(&s.backlog, &defaults.backlog, |this, b| {
+                if (1..=65535).contains(&b.value) {
+                    b.value as u32
+                } else {
+                    this.error(
+                        pos_of(b),
+                        svc,
+                        "key \"backlog\": must be between 1 and 65535",
+                    );
+                    DEFAULT_BACKLOG
+                }
+            })
+            .unwrap_or(DEFAULT_BACKLOG);
+        let keepalive = s
+            .keepalive
+            .as_ref()
+            .or(defaults.keepalive.as_ref())
+            .is_some_and(|k| k.value);
         let disabled = s.disabled.as_ref().is_some_and(|d| d.value);
 
         if self.errors.len() > errors_before {
@@ -1038,7 +1135,14 @@ impl Checker<'_> {
             .span()
             .byte_offset()
             .and_then(|offset| usize::try_from(offset).ok())
-            .and_then(|offset| self.text.get(offset..))
+            .and_then(|offset| {
+                let text = if self.in_defaults {
+                    self.defaults_text
+                } else {
+                    self.text
+                };
+                text.get(offset..)
+            })
             .is_some_and(|rest| rest.starts_with('"') || rest.starts_with('\''));
         let text = &value.value;
         if !quoted {

@@ -21,6 +21,14 @@ pub struct Pos {
     pub column: u64,
 }
 
+/// Where a value was written, when that need not be the service's own file (a value from
+/// `defaults:` is written in the main file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub file: String,
+    pub pos: Pos,
+}
+
 /// One problem found in the table. `Display` gives `FILE:LINE:COL: service "NAME": message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -159,8 +167,8 @@ pub struct ServiceSpec {
     pub handler: Handler,
     pub wait: bool,
     pub proxy_protocol: bool,
-    pub user: Option<(IdSpec, Pos)>,
-    pub group: Option<(IdSpec, Pos)>,
+    pub user: Option<(IdSpec, Place)>,
+    pub group: Option<(IdSpec, Place)>,
     pub env: BTreeMap<String, String>,
     pub pass_env: Vec<String>,
     pub cwd: PathBuf,

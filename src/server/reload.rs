@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use log::info;
 
 use super::{Bound, Kind, Listener, Server, ServiceState, Source, kind_of};
-use crate::config::{Handler, Pos, Protocol, ServiceSpec};
+use crate::config::{Handler, Place, Pos, Protocol, ServiceSpec};
 use crate::resolve::{Endpoint, Service};
 
 /// What a reload did, for its log line.
@@ -47,7 +47,10 @@ fn settings(spec: &ServiceSpec) -> ServiceSpec {
         *pos = nowhere;
     }
     for id in [&mut spec.user, &mut spec.group].into_iter().flatten() {
-        id.1 = nowhere;
+        id.1 = Place {
+            file: String::new(),
+            pos: nowhere,
+        };
     }
     if let Some(unix) = &mut spec.unix {
         unix.pos = nowhere;

@@ -115,9 +115,11 @@ fn names_are_unique_across_files_and_defaults_apply_to_included_services() {
         .replace("max_children: 7", "user: no-such-user-here");
     std::fs::write(&config, text).unwrap();
     let text = all_output(&check_config(&config));
-    assert!(text.contains("inc.yaml"), "{text}");
+    // Located where the value is written (the main file's defaults), for the included service.
     assert!(
-        text.contains("unknown user \"no-such-user-here\""),
+        text.contains(
+            "rinetd.conf:2:9: service \"inc\": key \"user\": unknown user \"no-such-user-here\""
+        ),
         "{text}"
     );
 }
@@ -166,4 +168,45 @@ fn an_included_file_holds_services_only() {
         text.contains("unknown key \"defaults\" (valid keys: services)"),
         "{text}"
     );
+}
+
+#[test]
+fn a_quoted_umask_in_defaults_breaks_every_included_service() {
+    let dir = TestDir::new("include-defaults-umask");
+    let server = dir.script("hello.sh", "umask");
+    let server = server.display().to_string();
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    dir.write(
+        "conf.d/a.yaml",
+        &format!(
+            "# a comment that shifts every offset of this file\nservices:\n{}",
+            service("inc", &server)
+        ),
+        0o644,
+    );
+    let config =
+        dir.config("defaults:\n  umask: \"027\"\ninclude:\n  - conf.d/*.yaml\nservices: []\n");
+    let output = check_config(&config);
+    assert_eq!(output.status.code(), Some(0), "{}", all_output(&output));
+    let daemon = crate::harness::Daemon::spawn(crate::harness::Daemon::command(&config));
+    assert_eq!(daemon.request("inc", ""), "0027\n");
+}
+
+#[test]
+fn a_bad_value_in_defaults_is_reported_where_it_is_written_not_in_an_included_file() {
+    let dir = TestDir::new("include-defaults-located");
+    let server = dir.script("hello.sh", "echo hello");
+    let server = server.display().to_string();
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    dir.write(
+        "conf.d/a.yaml",
+        &format!("services:\n{}", service("inc", &server)),
+        0o644,
+    );
+    let config = dir.config("defaults:\n  umask: 022\ninclude:\n  - conf.d/*.yaml\nservices: []\n");
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(EX_CONFIG), "{text}");
+    assert!(text.contains("rinetd.conf:2:10:"), "{text}");
+    assert!(!text.contains("a.yaml"), "{text}");
 }
