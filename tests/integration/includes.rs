@@ -210,3 +210,19 @@ fn a_bad_value_in_defaults_is_reported_where_it_is_written_not_in_an_included_fi
     assert!(text.contains("rinetd.conf:2:10:"), "{text}");
     assert!(!text.contains("a.yaml"), "{text}");
 }
+
+#[test]
+fn an_include_glob_with_several_stars_takes_exponential_time() {
+    // A reload runs inside the event loop: a glob that spins would stop every service.
+    let dir = TestDir::new("include-glob-stars");
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    dir.write(
+        &format!("conf.d/{}.yaml", "a".repeat(80)),
+        "services: []\n",
+        0o644,
+    );
+    let config = dir.config("include:\n  - \"conf.d/*a*a*a*a*a*a*a*a*b.yaml\"\nservices: []\n");
+    let (status, stderr) =
+        crate::harness::run_to_exit(&dir, rinetd().args(["-t", "-c"]).arg(&config));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
