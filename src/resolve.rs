@@ -2,9 +2,9 @@
 //! executable, the handler's fixed environment. The only module that asks NSS or the filesystem
 //! about the configuration.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -196,48 +196,85 @@ pub fn resolve(
 
 /// Two services cannot bind the same protocol and port on the same address, nor on a wildcard
 /// address and a specific one of the same family (the kernel refuses the second bind); two
-/// UNIX services cannot share a path.
+/// UNIX services cannot share a path. Each service is checked against the earlier ones through
+/// an index by port, so the check stays linear in the number of services.
 fn socket_conflicts(services: &[Service]) -> Vec<ConfigError> {
-    let overlaps = |mine: &Endpoint, theirs: &Endpoint| match (mine, theirs) {
-        (Endpoint::Ip(a), Endpoint::Ip(b)) => {
-            a.port() != 0
-                && a.port() == b.port()
-                && a.is_ipv4() == b.is_ipv4()
-                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-        }
-        (Endpoint::Unix(a), Endpoint::Unix(b)) => a == b,
-        _ => false,
-    };
+    /// The earliest service (and its endpoint) at each place of one protocol, family and port.
+    #[derive(Default)]
+    struct Port<'s> {
+        wildcard: Option<(usize, &'s Endpoint)>,
+        specific: HashMap<IpAddr, (usize, &'s Endpoint)>,
+        earliest: Option<(usize, &'s Endpoint)>,
+    }
+    let mut ports: HashMap<(Protocol, bool, u16), Port<'_>> = HashMap::new();
+    let mut paths: HashMap<&Path, (usize, &Endpoint)> = HashMap::new();
     let mut errors = Vec::new();
-    for (i, service) in services.iter().enumerate() {
-        let earlier = services[..i]
-            .iter()
-            .filter(|other| other.spec.protocol == service.spec.protocol);
-        for other in earlier {
-            let clash = service.listen.iter().find_map(|mine| {
-                let theirs = other.listen.iter().find(|theirs| overlaps(mine, theirs))?;
-                Some((mine, theirs))
-            });
-            if let Some((mine, theirs)) = clash {
-                errors.push(ConfigError {
-                    file: service.spec.file.clone(),
-                    pos: Some(service.spec.port_pos),
-                    service: Some(service.spec.name.clone()),
-                    message: match mine {
-                        Endpoint::Unix(path) => format!(
-                            "socket {} is also the path of service \"{}\"",
-                            path.display(),
-                            other.spec.name
-                        ),
-                        Endpoint::Ip(_) => format!(
-                            "{}/{mine} overlaps {theirs} of service \"{}\"",
-                            service.spec.protocol.as_str(),
-                            other.spec.name
-                        ),
-                    },
-                });
+    for (index, service) in services.iter().enumerate() {
+        let protocol = service.spec.protocol;
+        // The earliest earlier service this one overlaps, and where.
+        let mut clash: Option<(usize, &Endpoint, &Endpoint)> = None;
+        for mine in &service.listen {
+            let theirs = match mine {
+                Endpoint::Ip(address) if address.port() == 0 => None,
+                Endpoint::Ip(address) => ports
+                    .get(&(protocol, address.is_ipv4(), address.port()))
+                    .and_then(|port| {
+                        if address.ip().is_unspecified() {
+                            port.earliest
+                        } else {
+                            let same = port.specific.get(&address.ip()).copied();
+                            [port.wildcard, same]
+                                .into_iter()
+                                .flatten()
+                                .min_by_key(|(i, _)| *i)
+                        }
+                    }),
+                Endpoint::Unix(path) => paths.get(path.as_path()).copied(),
+            };
+            if let Some((other, theirs)) = theirs
+                && clash.is_none_or(|(earliest, _, _)| other < earliest)
+            {
+                clash = Some((other, mine, theirs));
             }
         }
+        for endpoint in &service.listen {
+            match endpoint {
+                Endpoint::Ip(address) if address.port() == 0 => {}
+                Endpoint::Ip(address) => {
+                    let key = (protocol, address.is_ipv4(), address.port());
+                    let port = ports.entry(key).or_default();
+                    let entry = (index, endpoint);
+                    port.earliest.get_or_insert(entry);
+                    if address.ip().is_unspecified() {
+                        port.wildcard.get_or_insert(entry);
+                    } else {
+                        port.specific.entry(address.ip()).or_insert(entry);
+                    }
+                }
+                Endpoint::Unix(path) => {
+                    paths.entry(path.as_path()).or_insert((index, endpoint));
+                }
+            }
+        }
+        let Some((other, mine, theirs)) = clash else {
+            continue;
+        };
+        let other = &services[other].spec.name;
+        errors.push(ConfigError {
+            file: service.spec.file.clone(),
+            pos: Some(service.spec.port_pos),
+            service: Some(service.spec.name.clone()),
+            message: match mine {
+                Endpoint::Unix(path) => format!(
+                    "socket {} is also the path of service \"{other}\"",
+                    path.display()
+                ),
+                Endpoint::Ip(_) => format!(
+                    "{}/{mine} overlaps {theirs} of service \"{other}\"",
+                    protocol.as_str()
+                ),
+            },
+        });
     }
     errors
 }
@@ -499,6 +536,58 @@ fn exec_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same-port errors of a table of echo builtins written as `(name, protocol, address, port)`.
+    fn conflicts(services: &[(&str, &str, &str, u16)]) -> Vec<String> {
+        let mut yaml = String::from("services:\n");
+        for (name, protocol, address, port) in services {
+            yaml.push_str(&format!(
+                "  - {{name: {name}, protocol: {protocol}, address: \"{address}\", port: {port}, builtin: echo}}\n"
+            ));
+        }
+        let (table, errors) = crate::config::parse_partial("t", &yaml, &mut |_| Ok(Vec::new()));
+        assert!(errors.is_empty(), "{errors:?}");
+        let host = Host {
+            euid: 1000,
+            egid: 1000,
+            services_file: String::new(),
+            environment: Vec::new(),
+        };
+        match resolve(&table, &host) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.message.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn same_port_overlaps() {
+        assert!(
+            conflicts(&[("a", "tcp", "127.0.0.1", 1), ("b", "tcp", "127.0.0.2", 1)]).is_empty()
+        );
+        assert!(conflicts(&[("a", "tcp", "0.0.0.0", 1), ("b", "udp", "0.0.0.0", 1)]).is_empty());
+        assert!(conflicts(&[("a", "tcp", "0.0.0.0", 1), ("b", "tcp", "::", 1)]).is_empty());
+        assert!(conflicts(&[("a", "tcp", "0.0.0.0", 0), ("b", "tcp", "0.0.0.0", 0)]).is_empty());
+        assert_eq!(
+            conflicts(&[("a", "tcp", "127.0.0.1", 1), ("b", "tcp", "0.0.0.0", 1)]),
+            ["tcp/0.0.0.0:1 overlaps 127.0.0.1:1 of service \"a\""]
+        );
+        assert_eq!(
+            conflicts(&[("a", "tcp", "::", 1), ("b", "tcp", "::1", 1)]),
+            ["tcp/[::1]:1 overlaps [::]:1 of service \"a\""]
+        );
+        // The earliest service is named, once per service.
+        assert_eq!(
+            conflicts(&[
+                ("a", "udp", "127.0.0.1", 1),
+                ("b", "udp", "0.0.0.0", 1),
+                ("c", "udp", "127.0.0.1", 1),
+            ]),
+            [
+                "udp/0.0.0.0:1 overlaps 127.0.0.1:1 of service \"a\"",
+                "udp/127.0.0.1:1 overlaps 127.0.0.1:1 of service \"a\"",
+            ]
+        );
+    }
 
     #[test]
     fn service_names_and_aliases() {

@@ -742,3 +742,23 @@ fn config_permission_check_can_be_raced_by_swapping_a_symlink() {
         "{outcomes:?}"
     );
 }
+
+#[test]
+fn the_same_port_overlap_check_is_quadratic() {
+    // 20,000 services took seconds to check (and a reload that long stalls every service);
+    // the check is linear now.
+    let dir = TestDir::new("many-services");
+    let mut yaml = String::from("services:\n");
+    for n in 0..20_000 {
+        yaml.push_str(&format!(
+            "  - {{name: s{n}, address: 127.0.0.1, port: {}, builtin: echo}}\n",
+            n + 1
+        ));
+    }
+    let config = dir.config(&yaml);
+    let (status, stderr) = crate::harness::run_to_exit(
+        &dir,
+        crate::harness::rinetd().args(["-t", "-c"]).arg(&config),
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
