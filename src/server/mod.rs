@@ -6,9 +6,9 @@
 mod datagram;
 mod reload;
 mod stream;
+mod timers;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read};
@@ -34,6 +34,7 @@ use crate::spawn::{Inherited, OutputPipe, Stdio, spawn};
 
 use datagram::Reply;
 use stream::{BuiltinConnection, PendingProxy};
+use timers::{TimerId, Timers};
 
 const SIGNAL_TOKEN: Token = Token(0);
 /// Between the SIGTERM of a timed-out handler's group and its SIGKILL.
@@ -50,8 +51,6 @@ const FORK_BACKOFF: Duration = Duration::from_secs(1);
 const WAIT_RESTART_DELAY: Duration = Duration::from_secs(1);
 /// A handler's stderr line longer than this is logged in pieces.
 const MAX_LINE: usize = 4096;
-/// Timers held before dead handlers' timeouts are swept out.
-const TIMER_SWEEP: usize = 4096;
 /// Bytes of one handler's output read per turn.
 const OUTPUT_TURN: usize = 64 * 1024;
 /// Connections accepted or datagrams read per listener per turn, so that one busy service
@@ -284,6 +283,8 @@ struct Child {
     role: Role,
     /// Its output pipe, closed when it is reaped.
     output: Option<Token>,
+    /// Its pending `timeout` (SIGTERM) or, after that, SIGKILL timer, cancelled at its exit.
+    deadline: Option<TimerId>,
 }
 
 /// The reading end of a handler's output pipe.
@@ -302,7 +303,7 @@ enum Source {
     Reply(Reply),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     Resume {
         service: usize,
@@ -344,7 +345,7 @@ pub struct Server {
     sources: HashMap<Token, Source>,
     next_token: usize,
     children: HashMap<Pid, Child>,
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    timers: Timers<Timer>,
     /// Sources that stopped only because their turn was over: served again before sleeping.
     again: VecDeque<Token>,
     inherited: Inherited,
@@ -448,7 +449,7 @@ impl Server {
             sources: HashMap::new(),
             next_token: SIGNAL_TOKEN.0 + 1,
             children: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::new(),
             again: VecDeque::new(),
             inherited,
             spare_pipe: None,
@@ -489,19 +490,8 @@ impl Server {
         token
     }
 
-    fn schedule(&mut self, at: Instant, timer: Timer) {
-        self.timers.push(Reverse((at, timer)));
-        // A handler's timeout stays queued after it exits; with long timeouts and many
-        // connections the dead ones would pile up, so they are swept now and then.
-        if self.timers.len() > TIMER_SWEEP && self.timers.len() > 4 * (self.children.len() + 64) {
-            let children = &self.children;
-            self.timers.retain(|Reverse((_, timer))| match timer {
-                Timer::Timeout { pid, started } => children
-                    .get(&Pid::from_raw(*pid))
-                    .is_some_and(|c| c.started == *started),
-                _ => true,
-            });
-        }
+    fn schedule(&mut self, at: Instant, timer: Timer) -> TimerId {
+        self.timers.schedule(at, timer)
     }
 
     fn register(&self, fd: &impl AsRawFd, token: Token, interest: Interest) -> io::Result<()> {
@@ -556,8 +546,8 @@ impl Server {
             let now = Instant::now();
             let timeout = if self.again.is_empty() {
                 self.timers
-                    .peek()
-                    .map(|Reverse((at, _))| at.saturating_duration_since(now))
+                    .next_deadline()
+                    .map(|at| at.saturating_duration_since(now))
             } else {
                 Some(Duration::ZERO)
             };
@@ -851,6 +841,13 @@ impl Server {
         self.services[service].backoff_logged = false;
         self.occupy(service, client);
         let output = self.watch_output(label, pid, spawned.output);
+        let deadline = timeout.map(|timeout| {
+            let timer = Timer::Timeout {
+                pid: pid.as_raw(),
+                started: now,
+            };
+            self.schedule(now + timeout, timer)
+        });
         self.children.insert(
             pid,
             Child {
@@ -859,17 +856,9 @@ impl Server {
                 client,
                 role,
                 output,
+                deadline,
             },
         );
-        if let Some(timeout) = timeout {
-            self.schedule(
-                now + timeout,
-                Timer::Timeout {
-                    pid: pid.as_raw(),
-                    started: now,
-                },
-            );
-        }
         Some(pid)
     }
 
@@ -1083,6 +1072,9 @@ impl Server {
         let Some(child) = self.children.remove(&pid) else {
             return;
         };
+        if let Some(deadline) = child.deadline {
+            self.timers.cancel(deadline);
+        }
         let elapsed = child.started.elapsed();
         info!(
             "{}: exited pid={pid} status={status} duration={}",
@@ -1108,11 +1100,7 @@ impl Server {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
-            if at > now {
-                return;
-            }
-            self.timers.pop();
+        while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Resume { service } => self.resume(service, now),
                 Timer::Timeout { pid, started } => self.timeout(Pid::from_raw(pid), started, now),
@@ -1151,13 +1139,14 @@ impl Server {
         let label = self.services[child.service].label().to_string();
         warn!("{label}: timeout pid={pid} signal=SIGTERM");
         let _ = killpg(pid, Signal::SIGTERM);
-        self.schedule(
-            now + KILL_GRACE,
-            Timer::Kill {
-                pid: pid.as_raw(),
-                started,
-            },
-        );
+        let kill = Timer::Kill {
+            pid: pid.as_raw(),
+            started,
+        };
+        let deadline = self.schedule(now + KILL_GRACE, kill);
+        if let Some(child) = self.children.get_mut(&pid) {
+            child.deadline = Some(deadline);
+        }
     }
 
     /// SIGKILL for a timed-out handler's group, only while the handler is not reaped: until

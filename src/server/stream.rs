@@ -10,6 +10,7 @@ use log::{info, warn};
 use mio::{Interest, Token};
 use socket2::Socket;
 
+use super::timers::TimerId;
 use super::{
     ACCEPT_BACKOFF, Bound, Kind, Role, Server, Source, Timer, address_vars, canonical,
     is_resource_exhaustion, seconds, would_block,
@@ -38,6 +39,8 @@ pub(super) struct PendingProxy {
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    /// Cancelled once the header is in.
+    deadline: TimerId,
 }
 
 impl Server {
@@ -222,12 +225,12 @@ impl Server {
             stream: TcpStream::from(connection),
             peer,
             local,
+            deadline: self.schedule(
+                Instant::now() + PROXY_DEADLINE,
+                Timer::ProxyDeadline { token },
+            ),
         };
         self.sources.insert(token, Source::Proxy(pending));
-        self.schedule(
-            Instant::now() + PROXY_DEADLINE,
-            Timer::ProxyDeadline { token },
-        );
         self.read_proxy(token);
     }
 
@@ -258,6 +261,7 @@ impl Server {
             return;
         };
         self.deregister(&pending.stream);
+        self.timers.cancel(pending.deadline);
         let service = pending.service;
         let consumed = verdict.and_then(|(len, addresses)| {
             let mut header = vec![0u8; len];
