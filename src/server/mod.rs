@@ -558,16 +558,21 @@ impl Server {
                 return Err(format!("poll: {err}"));
             }
             let mut signalled = false;
-            let ready: Vec<Token> = events.iter().map(|e| e.token()).collect();
-            for token in ready {
+            // Whether the peer hung up (FIN or RST) matters where data is only peeked at: the
+            // queued bytes would hide the end of the stream.
+            let ready: Vec<(Token, bool)> = events
+                .iter()
+                .map(|e| (e.token(), e.is_read_closed() || e.is_error()))
+                .collect();
+            for (token, hung_up) in ready {
                 if token == SIGNAL_TOKEN {
                     signalled = true;
                 } else {
-                    self.ready(token);
+                    self.ready(token, hung_up);
                 }
             }
             for token in std::mem::take(&mut self.again) {
-                self.ready(token);
+                self.ready(token, false);
             }
             if signalled {
                 let pending = self.signals.drain();
@@ -662,7 +667,7 @@ impl Server {
         }
     }
 
-    fn ready(&mut self, token: Token) {
+    fn ready(&mut self, token: Token, hung_up: bool) {
         match self.sources.get(&token) {
             Some(Source::Listener { service, index }) => {
                 let (service, index) = (*service, *index);
@@ -670,7 +675,7 @@ impl Server {
             }
             Some(Source::Output(_)) => self.read_output(token, false),
             Some(Source::Builtin(_)) => self.drive_builtin(token),
-            Some(Source::Proxy(_)) => self.read_proxy(token),
+            Some(Source::Proxy(_)) => self.read_proxy(token, hung_up),
             Some(Source::Reply(_)) => self.read_reply(token),
             None => {}
         }

@@ -231,12 +231,13 @@ impl Server {
             ),
         };
         self.sources.insert(token, Source::Proxy(pending));
-        self.read_proxy(token);
+        self.read_proxy(token, false);
     }
 
     /// Looks at what the client has sent so far (without consuming it); once a whole header is
-    /// there, consumes exactly the header, so the data after it stays for the handler.
-    pub(super) fn read_proxy(&mut self, token: Token) {
+    /// there, consumes exactly the header, so the data after it stays for the handler. A client
+    /// that has `hung_up` with only part of a header sent will never complete it.
+    pub(super) fn read_proxy(&mut self, token: Token, hung_up: bool) {
         let Some(Source::Proxy(pending)) = self.sources.get(&token) else {
             return;
         };
@@ -251,6 +252,9 @@ impl Server {
             match proxy::parse(&buf[..seen]) {
                 Parsed::Incomplete if seen == buf.len() && buf.len() < proxy::MAX_HEADER_LEN => {
                     buf.resize(proxy::MAX_HEADER_LEN, 0);
+                }
+                Parsed::Incomplete if hung_up => {
+                    break Err("the connection closed before the header");
                 }
                 Parsed::Incomplete => return,
                 Parsed::Invalid(reason) => break Err(reason),

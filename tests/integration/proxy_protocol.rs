@@ -371,3 +371,46 @@ fn ipv4_mapped_ipv6_sources_get_past_acls_and_limits() {
     );
     daemon.wait_for_line("limited/tcp: refused client=192.0.2.1:1111 reason=per_source");
 }
+
+#[test]
+fn a_partial_header_followed_by_fin_is_held_for_the_full_5s() {
+    let dir = TestDir::new("proxy-partial-fin");
+    let daemon = Daemon::start(&dir, &[reporter(&dir)]);
+    let mut client = daemon.connect("web");
+    let real = client.local_addr().unwrap();
+    client.write_all(b"PROXY TCP4 192.0.2.1 ").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_until_closed(&mut client), "");
+    let rejected = daemon.wait_for_line(&format!(
+        "web/tcp: proxy header rejected client={real} error="
+    ));
+    assert!(
+        rejected
+            .text
+            .contains("the connection closed before the header"),
+        "the hang-up was not noticed: {}",
+        rejected.text
+    );
+}
+
+#[test]
+fn a_partial_header_followed_by_rst_is_held_for_the_full_5s() {
+    let dir = TestDir::new("proxy-partial-rst");
+    let daemon = Daemon::start(&dir, &[reporter(&dir)]);
+    let mut client = daemon.connect("web");
+    let real = client.local_addr().unwrap();
+    client.write_all(b"PROXY TCP4 192.0.2.1 ").unwrap();
+    // A zero linger time makes the close a reset.
+    socket2::SockRef::from(&client)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(client);
+    let rejected = daemon.wait_for_line(&format!(
+        "web/tcp: proxy header rejected client={real} error="
+    ));
+    assert!(
+        !rejected.text.contains("within 5s"),
+        "the reset was not noticed: {}",
+        rejected.text
+    );
+}
