@@ -277,7 +277,12 @@ impl Server {
             reply: reply_writer.as_raw_fd(),
         };
         let role = Role::Datagram { reply: token };
-        let Some(pid) = self.start_handler(service, stdio, &vars, Some(client.ip()), role) else {
+        // Made before the datagram was read (see datagrams_to_handlers).
+        let Some(pipe) = self.take_pipe(service) else {
+            return Ok(());
+        };
+        let Some(pid) = self.start_handler(service, pipe, stdio, &vars, Some(client.ip()), role)
+        else {
             return Ok(());
         };
         drop((request, reply_writer));

@@ -33,7 +33,7 @@ use crate::signals::{self, Signals};
 use crate::spawn::{Inherited, OutputPipe, Stdio, spawn};
 
 use datagram::Reply;
-use stream::{BuiltinConnection, PendingProxy};
+use stream::{BuiltinConnection, Held, PendingProxy};
 use timers::{TimerId, Timers};
 
 const SIGNAL_TOKEN: Token = Token(0);
@@ -148,6 +148,11 @@ struct ServiceState {
     paused: Option<(Instant, PauseReason)>,
     /// At max_children (the pause is logged once, and so is the resume).
     full: bool,
+    /// A connection admitted whose handler could not be started (fork failed, or no pipe):
+    /// kept, and started before anything else is accepted, once the back-off is over.
+    held: Option<Held>,
+    /// Handlers that could not be started since the last one that could.
+    failed_spawns: u64,
     /// A backoff has been logged and nothing has succeeded since: log the next one quietly.
     backoff_logged: bool,
     counters: Counters,
@@ -187,6 +192,8 @@ impl ServiceState {
             window: VecDeque::new(),
             paused: None,
             full: false,
+            held: None,
+            failed_spawns: 0,
             backoff_logged: false,
             counters: Counters::default(),
             retired: false,
@@ -820,21 +827,25 @@ impl Server {
     }
 
     /// Starts a handler of `service` with `stdio`; records it and watches its output.
+    /// Starts a handler of `service` with `stdio` and its output `pipe`; records it and watches
+    /// its output. None if it could not be started (the service then backs off).
     fn start_handler(
         &mut self,
         service: usize,
+        pipe: OutputPipe,
         stdio: Stdio,
         vars: &[(&str, String)],
         client: Option<IpAddr>,
         role: Role,
     ) -> Option<Pid> {
-        let pipe = self.take_pipe(service)?;
         let state = &self.services[service];
         let plan = state.service.exec.as_ref()?;
         let spawned = match spawn(plan, stdio, vars, &self.inherited, pipe) {
             Ok(spawned) => spawned,
             Err(err) => {
-                self.services[service].counters.spawn_failures += 1;
+                let state = &mut self.services[service];
+                state.counters.spawn_failures += 1;
+                state.failed_spawns += 1;
                 self.back_off(service, FORK_BACKOFF, "fork failed", &err);
                 return None;
             }
@@ -843,7 +854,12 @@ impl Server {
         let pid = spawned.pid;
         let label = state.service.label.clone();
         let timeout = state.service.spec.timeout;
-        self.services[service].backoff_logged = false;
+        let state = &mut self.services[service];
+        state.backoff_logged = false;
+        if state.failed_spawns > 0 {
+            info!("{label}: spawn recovered failures={}", state.failed_spawns);
+            state.failed_spawns = 0;
+        }
         self.occupy(service, client);
         let output = self.watch_output(label, pid, spawned.output);
         let deadline = timeout.map(|timeout| {
@@ -900,7 +916,11 @@ impl Server {
             listener: token,
             trigger,
         };
-        if let Some(pid) = self.start_handler(service, Stdio::Listening(fd), &vars, None, role) {
+        let Some(pipe) = self.take_pipe(service) else {
+            return;
+        };
+        let stdio = Stdio::Listening(fd);
+        if let Some(pid) = self.start_handler(service, pipe, stdio, &vars, None, role) {
             let state = &mut self.services[service];
             state.listeners[index].held_by = Some(pid);
             info!("{}: handed over pid={pid}", state.label());

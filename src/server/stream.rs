@@ -17,7 +17,7 @@ use super::{
 };
 use crate::builtin::{Step, StreamBuiltin};
 use crate::proxy::{self, Parsed};
-use crate::spawn::Stdio;
+use crate::spawn::{OutputPipe, Stdio};
 
 /// How long a client behind `proxy_protocol: true` has to send its header.
 const PROXY_DEADLINE: Duration = Duration::from_secs(5);
@@ -41,17 +41,32 @@ pub(super) struct PendingProxy {
     local: SocketAddr,
     /// Cancelled once the header is in.
     deadline: TimerId,
+    /// The handler's output pipe, made before the connection was accepted (None for builtins).
+    pipe: Option<OutputPipe>,
+}
+
+/// A connection admitted whose handler could not be started yet.
+pub(super) struct Held {
+    connection: Socket,
+    remote: Option<SocketAddr>,
+    local: Option<SocketAddr>,
 }
 
 impl Server {
     /// Accepts until the backlog is empty (edge-triggered), a limit stops the service, or the
     /// turn is over.
     pub(super) fn accept_from(&mut self, service: usize, index: usize) {
-        let needs_pipe = self.services[service].kind == Kind::StreamExec
-            && !self.services[service].service.spec.proxy_protocol;
+        // The pipe is made before the connection is accepted: out of descriptors, the client
+        // then waits in the backlog instead of being accepted and dropped.
+        let needs_pipe = self.services[service].kind == Kind::StreamExec;
         for _ in 0..super::TURN {
             if self.stopping.is_some() || !self.services[service].can_accept() {
                 return;
+            }
+            // A back-off is over: first the connection that was waiting for its handler.
+            if let Some(held) = self.services[service].held.take() {
+                self.admit(service, held.connection, held.remote, held.local, None);
+                continue;
             }
             if needs_pipe && !self.prepare_pipe(service) {
                 return;
@@ -69,12 +84,17 @@ impl Server {
                     self.count_for_rate_limit(service, Instant::now());
                     let remote = peer.as_socket().map(canonical);
                     let local = bound.map(|bound| canonical(local_of(&connection, bound)));
+                    let pipe = if needs_pipe {
+                        self.spare_pipe.take()
+                    } else {
+                        None
+                    };
                     if self.services[service].service.spec.proxy_protocol {
                         if let (Some(remote), Some(local)) = (remote, local) {
-                            self.await_proxy_header(service, connection, remote, local);
+                            self.await_proxy_header(service, connection, remote, local, pipe);
                         }
                     } else {
-                        self.admit(service, connection, remote, local);
+                        self.admit(service, connection, remote, local, pipe);
                     }
                 }
                 Err(err) if would_block(&err) => return,
@@ -95,14 +115,16 @@ impl Server {
         self.again.push_back(token);
     }
 
-    /// Checks the client against the ACLs and per_source, then starts its handler or builtin.
-    /// `remote`/`local` are None for UNIX sockets.
+    /// Checks the client against the ACLs and per_source, then starts its handler (with `pipe`,
+    /// or a new one) or builtin. `remote`/`local` are None for UNIX sockets. A handler that
+    /// cannot be started leaves the connection held for the end of the back-off.
     fn admit(
         &mut self,
         service: usize,
         connection: Socket,
         remote: Option<SocketAddr>,
         local: Option<SocketAddr>,
+        pipe: Option<OutputPipe>,
     ) {
         // A PROXY header may name a mapped address too.
         let (remote, local) = (remote.map(canonical), local.map(canonical));
@@ -131,17 +153,24 @@ impl Server {
         // A proxied connection was non-blocking while its header was read.
         let _ = connection.set_nonblocking(false);
         let fd = connection.as_raw_fd();
-        if let Some(pid) = self.start_handler(
-            service,
-            Stdio::Connection(fd),
-            &vars,
-            client,
-            Role::Connection,
-        ) {
-            info!(
+        let started = pipe.or_else(|| self.take_pipe(service)).and_then(|pipe| {
+            let stdio = Stdio::Connection(fd);
+            self.start_handler(service, pipe, stdio, &vars, client, Role::Connection)
+        });
+        match started {
+            Some(pid) => info!(
                 "{}: accepted client={shown} pid={pid}",
                 self.services[service].label()
-            );
+            ),
+            // Backing off: retried when the back-off ends (nothing else would end it).
+            None if self.services[service].paused.is_some() => {
+                self.services[service].held = Some(Held {
+                    connection,
+                    remote,
+                    local,
+                });
+            }
+            None => {}
         }
     }
 
@@ -207,6 +236,7 @@ impl Server {
         connection: Socket,
         peer: SocketAddr,
         local: SocketAddr,
+        pipe: Option<OutputPipe>,
     ) {
         if connection.set_nonblocking(true).is_err() {
             return;
@@ -229,6 +259,7 @@ impl Server {
                 Instant::now() + PROXY_DEADLINE,
                 Timer::ProxyDeadline { token },
             ),
+            pipe,
         };
         self.sources.insert(token, Source::Proxy(pending));
         self.read_proxy(token, false);
@@ -286,6 +317,7 @@ impl Server {
                     Socket::from(pending.stream),
                     Some(remote),
                     Some(local),
+                    pending.pipe,
                 );
             }
             Err(reason) => {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Daemon, Service, TestDir, is_root, read_line, read_to_eof};
+use crate::harness::{Daemon, Service, TestDir, is_root, read_line, wait_until};
 
 /// A handler that holds its client until the client sends a line.
 fn holding_service(dir: &TestDir) -> Service {
@@ -97,16 +97,15 @@ fn when_fork_fails_the_daemon_backs_off_and_serves_again() {
     daemon.accepted("hold", &first);
     daemon.accepted("hold", &second);
     let mut third = daemon.connect("hold");
-    daemon.wait_for_line("hold/tcp: fork failed error=");
-    assert_eq!(
-        read_to_eof(&mut third),
-        "",
-        "the connection fork failed for is closed"
-    );
+    writeln!(third, "z").unwrap();
+    let failed = daemon.wait_for_line("hold/tcp: fork failed error=");
     for client in [&mut first, &mut second] {
         writeln!(client, "x").unwrap();
         assert_eq!(read_line(client), "done x");
     }
+    // The connection fork failed for was kept, not closed: it is served once fork works again.
+    assert_eq!(read_line(&mut third), "done z");
+    daemon.wait_for_line_after(&failed, "hold/tcp: spawn recovered failures=");
     let mut later = daemon.connect("hold");
     writeln!(later, "y").unwrap();
     assert_eq!(
@@ -114,6 +113,48 @@ fn when_fork_fails_the_daemon_backs_off_and_serves_again() {
         "done y",
         "served again after the backoff"
     );
+}
+
+#[test]
+fn fork_failure_accepts_and_closes_a_connection_per_backoff() {
+    // While fork keeps failing, the clients stay in the backlog: none is accepted only to be
+    // closed, and each is served once fork works again.
+    let cgroup = match is_root()
+        .then(|| PidsCgroup::new("fork-backlog", 2))
+        .flatten()
+    {
+        Some(cgroup) => cgroup,
+        None => {
+            eprintln!("skipped: needs root and the cgroup v1 pids controller to make fork fail");
+            return;
+        }
+    };
+    let dir = TestDir::new("fork-fails-backlog");
+    let daemon = Daemon::start(&dir, &[holding_service(&dir)]);
+    cgroup.add(daemon.pid());
+    // The daemon and one handler fill the cgroup.
+    let mut first = daemon.connect("hold");
+    daemon.accepted("hold", &first);
+    let mut waiting: Vec<_> = (0..5).map(|_| daemon.connect("hold")).collect();
+    for (n, client) in waiting.iter_mut().enumerate() {
+        writeln!(client, "w{n}").unwrap();
+    }
+    let mut seen = daemon.wait_for_line("hold/tcp: fork failed error=");
+    // Let the back-off come round twice more while fork still fails.
+    wait_until("two more spawn attempts have failed", || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.pid()),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        seen = daemon.wait_for_line_after(&seen, "hold/tcp: status ");
+        seen.field("spawn_failures").parse::<u64>().unwrap() >= 3
+    });
+    writeln!(first, "x").unwrap();
+    assert_eq!(read_line(&mut first), "done x");
+    for (n, client) in waiting.iter_mut().enumerate() {
+        assert_eq!(read_line(client), format!("done w{n}"), "client {n}");
+    }
 }
 
 #[test]
@@ -135,4 +176,25 @@ fn a_non_root_daemon_runs_handlers_that_name_its_own_user() {
     ];
     let daemon = Daemon::spawn(wrapped(&as_nobody, &config));
     assert_eq!(daemon.request("id", ""), "65534\n65534\n");
+}
+
+#[test]
+fn with_proxy_protocol_descriptor_exhaustion_drops_connections() {
+    let dir = TestDir::new("emfile-proxy");
+    let config = dir.services_config(&[holding_service(&dir).set("proxy_protocol", "true")]);
+    let daemon = Daemon::spawn(wrapped(&["prlimit", "--nofile=64:64"], &config));
+    let mut clients: Vec<_> = (0..120).map(|_| daemon.connect("hold")).collect();
+    for (n, client) in clients.iter_mut().enumerate() {
+        write!(
+            client,
+            "PROXY TCP4 192.0.2.1 192.0.2.2 {} 80\r\nclient{n}\n",
+            1000 + n
+        )
+        .unwrap();
+    }
+    for (n, client) in clients.iter_mut().enumerate() {
+        let mut answer = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(client), &mut answer).unwrap();
+        assert_eq!(answer, format!("done client{n}\n"), "client {n}");
+    }
 }
