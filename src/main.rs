@@ -1,19 +1,28 @@
 //! rinetd: parse the command line, load the table, detach unless -f, serve. Every outcome
 //! becomes an exit status here and only here.
 
+mod bind;
 mod builtin;
-mod child;
 mod cli;
 mod config;
+// Detaching forks, and sockets handed over by a service manager become owned descriptors.
+#[allow(unsafe_code)]
 mod daemon;
+// The child between clone and execve: raw syscalls only.
+#[allow(unsafe_code)]
+mod exec;
 mod include;
-mod listener;
 mod logging;
 mod notify;
 mod proxy;
 mod resolve;
 mod server;
+mod service;
+// Signal dispositions and masks through the raw syscalls.
+#[allow(unsafe_code)]
 mod signals;
+// clone(CLONE_VM | CLONE_VFORK) and the child's stack.
+#[allow(unsafe_code)]
 mod spawn;
 
 use std::cell::RefCell;
@@ -26,7 +35,8 @@ use log::{LevelFilter, error, warn};
 
 use crate::cli::{Cli, Format, LogTarget};
 use crate::logging::Target;
-use crate::resolve::{Host, Service};
+use crate::resolve::Host;
+use crate::service::Service;
 
 const EX_CONFIG: u8 = 78;
 const EX_OSERR: u8 = 71;
@@ -113,7 +123,7 @@ fn main() -> ExitCode {
         LevelFilter::Info
     };
     // Before detaching: LISTEN_PID names this process, not the detached child.
-    let adopted = daemon::inherited_sockets();
+    let inherited = daemon::inherited_sockets();
     // Before detaching, so that "syslog is unavailable" still reaches the operator's terminal.
     let target = logging::init(target, level);
     let readiness = if cli.foreground {
@@ -133,7 +143,7 @@ fn main() -> ExitCode {
     let original_nofile = daemon::raise_nofile();
     // The readiness pipe is answered exactly once: ready from inside run, or failed below.
     let readiness = Rc::new(RefCell::new(readiness));
-    let server = match server::Server::new(services, original_nofile, adopted) {
+    let server = match server::Server::new(services, original_nofile, inherited) {
         Ok(server) => server,
         Err(err) => return fail_start(&readiness, &format!("cannot start: {err}")),
     };

@@ -6,68 +6,18 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::unistd::{AccessFlags, Gid, Group, Uid, User, access, getgrouplist};
 
 use crate::config::{
-    ConfigError, Handler, IdSpec, Place, PortSpec, Pos, Protocol, Resource, ServiceSpec,
-    StderrMode, Table,
+    self, ConfigError, IdSpec, Place, PortSpec, Pos, Protocol, ServiceSpec, Table,
+};
+use crate::service::{
+    Access, Credentials, Endpoint, ExecPlan, Handler, Limits, Service, SocketOptions, limit,
 };
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The identity a handler switches to before exec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-}
-
-/// Everything the child needs to exec a handler that does not depend on the connection.
-#[derive(Debug, Clone)]
-pub struct ExecPlan {
-    pub path: CString,
-    pub argv: Vec<CString>,
-    /// `NAME=value` entries fixed for the service, `pass_env` and `env` already applied.
-    pub fixed_env: Vec<CString>,
-    /// Names `env`/`pass_env` set, so the per-connection variables do not duplicate them.
-    pub overridden: BTreeSet<String>,
-    pub cwd: CString,
-    pub credentials: Option<Credentials>,
-    pub rlimits: Vec<(Resource, Option<u64>)>,
-    pub nice: i32,
-    pub umask: u32,
-    pub stderr: StderrMode,
-}
-
-/// Where a service listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    Ip(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Ip(address) => write!(f, "{address}"),
-            Endpoint::Unix(path) => write!(f, "{}", path.display()),
-        }
-    }
-}
-
-/// A service ready to be bound and run.
-#[derive(Debug, Clone)]
-pub struct Service {
-    pub spec: ServiceSpec,
-    pub listen: Vec<Endpoint>,
-    /// None for a builtin.
-    pub exec: Option<ExecPlan>,
-    /// `name/proto`, the prefix of every log line about this service.
-    pub label: String,
-}
 
 /// What the host tells about the process doing the resolving.
 pub struct Host {
@@ -97,9 +47,10 @@ pub fn resolve(
 ) -> Result<(Vec<Service>, Vec<String>), Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
-    let mut services = Vec::new();
+    let mut resolved = Vec::new();
     for spec in &table.services {
-        let mut fail = |pos: Pos, message: String| {
+        let before = errors.len();
+        let fail = |errors: &mut Vec<ConfigError>, pos: Pos, message: String| {
             errors.push(ConfigError {
                 file: spec.file.clone(),
                 pos: Some(pos),
@@ -112,30 +63,28 @@ pub fn resolve(
             PortSpec::Name(name) => {
                 let found = service_port(&host.services_file, name, spec.protocol);
                 if found.is_none() {
-                    fail(
-                        spec.port_pos,
-                        format!(
-                            "key \"port\": \"{name}\" is not a {} service in /etc/services",
-                            spec.protocol.as_str()
-                        ),
+                    let message = format!(
+                        "key \"port\": \"{name}\" is not a {} service in /etc/services",
+                        spec.protocol.as_str()
                     );
+                    fail(&mut errors, spec.port_pos, message);
                 }
                 found
             }
         };
         let program = match &spec.handler {
-            Handler::Server { path, pos, args } => {
+            config::Handler::Server { path, pos, args } => {
                 if let Err(message) = check_executable(path) {
-                    fail(*pos, format!("key \"server\": {message}"));
+                    fail(&mut errors, *pos, format!("key \"server\": {message}"));
                 }
                 Some((path, args))
             }
-            Handler::Builtin(_) => None,
+            config::Handler::Builtin(_) => None,
         };
         if let Some(unix) = &spec.unix
             && let Err(message) = check_socket_path(&unix.path)
         {
-            fail(unix.pos, format!("key \"path\": {message}"));
+            fail(&mut errors, unix.pos, format!("key \"path\": {message}"));
         }
         // A builtin runs as rinetd: a `user` it got from defaults is not its business.
         let identity = match program.as_ref().map(|_| identity(spec, host)) {
@@ -160,17 +109,9 @@ pub fn resolve(
                 spec.file, spec.pos.line, spec.pos.column, spec.name
             ));
         }
-        let (Some(port), false) = (
-            port,
-            errors
-                .iter()
-                .any(|e| e.service.as_deref() == Some(&spec.name)),
-        ) else {
+        let Some(port) = port.filter(|_| errors.len() == before && !spec.disabled) else {
             continue;
         };
-        if spec.disabled {
-            continue;
-        }
         let listen = match &spec.unix {
             Some(unix) => vec![Endpoint::Unix(unix.path.clone())],
             None => spec
@@ -179,18 +120,49 @@ pub fn resolve(
                 .map(|ip| Endpoint::Ip(SocketAddr::new(*ip, port)))
                 .collect(),
         };
-        services.push(Service {
-            listen,
-            label: format!("{}/{}", spec.name, spec.protocol.as_str()),
-            exec: program.map(|(path, args)| exec_plan(spec, path, args, identity, host)),
-            spec: spec.clone(),
-        });
+        let handler = match (program, spec.handler_builtin()) {
+            (Some((path, args)), _) => Handler::Exec(exec_plan(spec, path, args, identity, host)),
+            (None, Some(builtin)) => Handler::Builtin(builtin),
+            (None, None) => continue,
+        };
+        resolved.push((spec, listen, handler));
     }
-    errors.extend(socket_conflicts(&services));
-    if errors.is_empty() {
-        Ok((services, warnings))
-    } else {
-        Err(errors)
+    errors.extend(socket_conflicts(&resolved));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let services = resolved
+        .into_iter()
+        .map(|(spec, listen, handler)| runtime_service(spec, listen, handler))
+        .collect();
+    Ok((services, warnings))
+}
+
+/// The settings the event loop acts on, without the positions they were written at.
+fn runtime_service(spec: &ServiceSpec, listen: Vec<Endpoint>, handler: Handler) -> Service {
+    Service {
+        name: spec.name.clone(),
+        protocol: spec.protocol,
+        label: format!("{}/{}", spec.name, spec.protocol.as_str()),
+        listen,
+        socket: SocketOptions {
+            backlog: spec.backlog,
+            keepalive: spec.keepalive,
+            unix_mode: spec.unix.as_ref().map(|unix| unix.mode),
+        },
+        handler,
+        wait: spec.wait,
+        proxy_protocol: spec.proxy_protocol,
+        limits: Limits {
+            max_children: limit(spec.max_children),
+            per_source: limit(spec.per_source),
+            rate_limit: spec.rate_limit,
+            timeout: spec.timeout,
+        },
+        access: Access {
+            only_from: spec.only_from.clone(),
+            no_access: spec.no_access.clone(),
+        },
     }
 }
 
@@ -198,7 +170,7 @@ pub fn resolve(
 /// address and a specific one of the same family (the kernel refuses the second bind); two
 /// UNIX services cannot share a path. Each service is checked against the earlier ones through
 /// an index by port, so the check stays linear in the number of services.
-fn socket_conflicts(services: &[Service]) -> Vec<ConfigError> {
+fn socket_conflicts(services: &[(&ServiceSpec, Vec<Endpoint>, Handler)]) -> Vec<ConfigError> {
     /// The earliest service (and its endpoint) at each place of one protocol, family and port.
     #[derive(Default)]
     struct Port<'s> {
@@ -209,11 +181,11 @@ fn socket_conflicts(services: &[Service]) -> Vec<ConfigError> {
     let mut ports: HashMap<(Protocol, bool, u16), Port<'_>> = HashMap::new();
     let mut paths: HashMap<&Path, (usize, &Endpoint)> = HashMap::new();
     let mut errors = Vec::new();
-    for (index, service) in services.iter().enumerate() {
-        let protocol = service.spec.protocol;
+    for (index, (spec, listen, _)) in services.iter().enumerate() {
+        let protocol = spec.protocol;
         // The earliest earlier service this one overlaps, and where.
         let mut clash: Option<(usize, &Endpoint, &Endpoint)> = None;
-        for mine in &service.listen {
+        for mine in listen {
             let theirs = match mine {
                 Endpoint::Ip(address) if address.port() == 0 => None,
                 Endpoint::Ip(address) => ports
@@ -237,7 +209,7 @@ fn socket_conflicts(services: &[Service]) -> Vec<ConfigError> {
                 clash = Some((other, mine, theirs));
             }
         }
-        for endpoint in &service.listen {
+        for endpoint in listen {
             match endpoint {
                 Endpoint::Ip(address) if address.port() == 0 => {}
                 Endpoint::Ip(address) => {
@@ -259,11 +231,11 @@ fn socket_conflicts(services: &[Service]) -> Vec<ConfigError> {
         let Some((other, mine, theirs)) = clash else {
             continue;
         };
-        let other = &services[other].spec.name;
+        let other = &services[other].0.name;
         errors.push(ConfigError {
-            file: service.spec.file.clone(),
-            pos: Some(service.spec.port_pos),
-            service: Some(service.spec.name.clone()),
+            file: spec.file.clone(),
+            pos: Some(spec.port_pos),
+            service: Some(spec.name.clone()),
             message: match mine {
                 Endpoint::Unix(path) => format!(
                     "socket {} is also the path of service \"{other}\"",

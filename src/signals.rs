@@ -32,6 +32,18 @@ pub struct KernelSigaction {
     mask: u64,
 }
 
+// The layout the raw syscall reads, checked for every target built: handler, flags,
+// restorer and a 64-bit mask, as x86_64 and aarch64 lay it out. Other architectures differ
+// (mips puts flags first, some have no restorer), so they must be added with care.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("KernelSigaction's layout is known for x86_64 and aarch64 only");
+const _: () = {
+    assert!(std::mem::size_of::<KernelSigaction>() == 32);
+    assert!(std::mem::offset_of!(KernelSigaction, flags) == 8);
+    assert!(std::mem::offset_of!(KernelSigaction, restorer) == 16);
+    assert!(std::mem::offset_of!(KernelSigaction, mask) == 24);
+};
+
 /// SIG_DFL, no flags, nothing blocked.
 pub const KERNEL_DEFAULT: KernelSigaction = KernelSigaction {
     handler: 0,

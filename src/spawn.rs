@@ -1,6 +1,7 @@
-//! Parent side of starting a handler: builds argv, envp, limits and credentials for one
-//! connection, datagram or wait-mode socket, starts the child with every signal blocked, and
-//! hands back its pid and the reading end of its output pipe. The child side is `child.rs`.
+//! Parent side of starting a handler: builds argv, envp (the connection's address variables
+//! too), limits and credentials for one connection, datagram or wait-mode socket, starts the
+//! child with every signal blocked, and hands back its pid and the reading end of its output
+//! pipe. The child side is `exec.rs`.
 //!
 //! The child is started the way posix_spawn does it, clone(CLONE_VM | CLONE_VFORK): it borrows
 //! rinetd's memory until it execs, so rinetd's page tables are never copied and no page of
@@ -14,9 +15,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use nix::fcntl::OFlag;
 use nix::unistd::{Pid, pipe2};
 
-use crate::child::{ChildPlan, exec_handler};
-use crate::config::{Resource, StderrMode};
-use crate::resolve::ExecPlan;
+use std::net::SocketAddr;
+
+use crate::config::{Protocol, Resource, StderrMode};
+use crate::exec::{ChildPlan, exec_handler};
+use crate::service::ExecPlan;
 use crate::signals;
 
 /// What a handler gets on its descriptors.
@@ -29,19 +32,64 @@ pub enum Stdio {
     Datagram { request: RawFd, reply: RawFd },
 }
 
-/// What every handler gets from rinetd's own start-up state.
-pub struct Inherited {
-    pub dev_null: OwnedFd,
+/// Starts handlers: what every handler gets from rinetd's own start-up state, prepared once.
+pub struct Spawner {
+    dev_null: OwnedFd,
     /// RLIMIT_NOFILE as rinetd found it, given back to handlers that do not set `nofile`.
-    pub original_nofile: (u64, u64),
-    pub reset_signals: Vec<libc::c_int>,
-    pub child_stack: ChildStack,
+    original_nofile: (u64, u64),
+    reset_signals: Vec<libc::c_int>,
+    child_stack: ChildStack,
     /// rinetd's PR_GET_DUMPABLE at start, put back after a child that switched credentials
     /// while sharing rinetd's memory.
-    pub dumpable: bool,
+    dumpable: bool,
     /// False when fs.suid_dumpable is 1: a handler's user could then ptrace its child between
     /// setuid and exec, and with shared memory reach rinetd's; such children are forked.
-    pub memory_sharing_is_safe: bool,
+    memory_sharing_is_safe: bool,
+}
+
+impl Spawner {
+    /// Call after rinetd's own signal handlers are installed: they are among those reset.
+    pub fn new(original_nofile: (u64, u64)) -> io::Result<Spawner> {
+        Ok(Spawner {
+            dev_null: OwnedFd::from(
+                std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")?,
+            ),
+            original_nofile,
+            reset_signals: signals::to_reset_in_child(),
+            child_stack: ChildStack::new()?,
+            dumpable: nix::sys::prctl::get_dumpable().unwrap_or(true),
+            memory_sharing_is_safe: std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
+                .map_or(true, |value| value.trim() != "1"),
+        })
+    }
+}
+
+/// `REMOTE_*`/`LOCAL_*` (and for TCP the UCSPI `TCP*` names) of the contract, in its order.
+pub fn address_vars(
+    protocol: Protocol,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> Vec<(&'static str, String)> {
+    let (remote_ip, remote_port) = (remote.ip().to_string(), remote.port().to_string());
+    let (local_ip, local_port) = (local.ip().to_string(), local.port().to_string());
+    let mut vars = vec![
+        ("REMOTE_ADDR", remote_ip.clone()),
+        ("REMOTE_PORT", remote_port.clone()),
+        ("LOCAL_ADDR", local_ip.clone()),
+        ("LOCAL_PORT", local_port.clone()),
+    ];
+    if protocol == Protocol::Tcp {
+        vars.extend([
+            ("TCPREMOTEIP", remote_ip),
+            ("TCPREMOTEPORT", remote_port),
+            ("TCPLOCALIP", local_ip),
+            ("TCPLOCALPORT", local_port),
+        ]);
+    }
+    vars
 }
 
 /// The pipe a handler's stderr (or its exec failure report) comes back through. Made before the
@@ -83,162 +131,169 @@ fn libc_resource(resource: Resource) -> libc::c_int {
     }) as libc::c_int
 }
 
-/// Starts a handler. `vars` are the per-connection environment variables (REMOTE_ADDR …);
-/// `env`/`pass_env` entries of the same name win over them.
-pub fn spawn(
-    plan: &ExecPlan,
-    stdio: Stdio,
-    vars: &[(&str, String)],
-    inherited: &Inherited,
-    pipe: OutputPipe,
-) -> io::Result<Spawned> {
-    let Inherited {
-        dev_null,
-        original_nofile,
-        reset_signals,
-        ..
-    } = inherited;
-    let connection_vars: Vec<CString> = vars
-        .iter()
-        .filter(|(name, _)| !plan.overridden.contains(*name))
-        .filter_map(|(name, value)| CString::new(format!("{name}={value}")).ok())
-        .collect();
-    let mut listen_pid = LISTEN_PID_SLOT.to_vec();
-    // Both pointers come from one `as_mut_ptr`: the child writes through one, execve reads the
-    // other.
-    let listen_pid_entry = listen_pid.as_mut_ptr();
-    let listen_pid_ptr: *const libc::c_char = listen_pid_entry.cast_const().cast();
-    let (stdin, stdout, socket, listening) = match stdio {
-        Stdio::Connection(fd) => (fd, fd, fd, None),
-        Stdio::Listening(fd) => (fd, fd, fd, Some(fd)),
-        Stdio::Datagram { request, reply } => (request, reply, reply, None),
-    };
-    let envp: Vec<*const libc::c_char> = plan
-        .fixed_env
-        .iter()
-        .chain(&connection_vars)
-        .map(|s| s.as_ptr())
-        .chain(listening.map(|_| listen_pid_ptr))
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let argv: Vec<*const libc::c_char> = plan
-        .argv
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let mut rlimits: Vec<(libc::c_int, libc::rlimit)> = plan
-        .rlimits
-        .iter()
-        .map(|(r, v)| {
-            let value = v.unwrap_or(libc::RLIM_INFINITY);
-            let limit = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
-            (libc_resource(*r), limit)
-        })
-        .collect();
-    if !plan.rlimits.iter().any(|(r, _)| *r == Resource::Nofile) {
-        // Soft and hard as rinetd found them, not the raised soft limit rinetd runs with.
-        let found = libc::rlimit {
-            rlim_cur: original_nofile.0,
-            rlim_max: original_nofile.1,
+impl Spawner {
+    /// Starts a handler. `vars` are the per-connection environment variables (REMOTE_ADDR …);
+    /// `env`/`pass_env` entries of the same name win over them.
+    pub fn spawn(
+        &self,
+        plan: &ExecPlan,
+        stdio: Stdio,
+        vars: &[(&str, String)],
+        pipe: OutputPipe,
+    ) -> io::Result<Spawned> {
+        let Spawner {
+            dev_null,
+            original_nofile,
+            reset_signals,
+            ..
+        } = self;
+        let connection_vars: Vec<CString> = vars
+            .iter()
+            .filter(|(name, _)| !plan.overridden.contains(*name))
+            .filter_map(|(name, value)| CString::new(format!("{name}={value}")).ok())
+            .collect();
+        let mut listen_pid = LISTEN_PID_SLOT.to_vec();
+        // Both pointers come from one `as_mut_ptr`: the child writes through one, execve reads the
+        // other.
+        let listen_pid_entry = listen_pid.as_mut_ptr();
+        let listen_pid_ptr: *const libc::c_char = listen_pid_entry.cast_const().cast();
+        let (stdin, stdout, socket, listening) = match stdio {
+            Stdio::Connection(fd) => (fd, fd, fd, None),
+            Stdio::Listening(fd) => (fd, fd, fd, Some(fd)),
+            Stdio::Datagram { request, reply } => (request, reply, reply, None),
         };
-        rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, found));
-    }
-    let groups: Vec<libc::gid_t>;
-    let credentials = match &plan.credentials {
-        Some(c) => {
-            groups = c.groups.clone();
-            Some((groups.as_slice(), c.gid, c.uid))
+        let envp: Vec<*const libc::c_char> = plan
+            .fixed_env
+            .iter()
+            .chain(&connection_vars)
+            .map(|s| s.as_ptr())
+            .chain(listening.map(|_| listen_pid_ptr))
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let argv: Vec<*const libc::c_char> = plan
+            .argv
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let mut rlimits: Vec<(libc::c_int, libc::rlimit)> = plan
+            .rlimits
+            .iter()
+            .map(|(r, v)| {
+                let value = v.unwrap_or(libc::RLIM_INFINITY);
+                let limit = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                (libc_resource(*r), limit)
+            })
+            .collect();
+        if !plan.rlimits.iter().any(|(r, _)| *r == Resource::Nofile) {
+            // Soft and hard as rinetd found them, not the raised soft limit rinetd runs with.
+            let found = libc::rlimit {
+                rlim_cur: original_nofile.0,
+                rlim_max: original_nofile.1,
+            };
+            rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, found));
         }
-        None => None,
-    };
-    let OutputPipe {
-        reader: output,
-        writer: output_writer,
-    } = pipe;
-    let (stderr, report) = match plan.stderr {
-        StderrMode::Log => (output_writer.as_raw_fd(), 2),
-        StderrMode::Socket => (socket, output_writer.as_raw_fd()),
-        StderrMode::Null => (dev_null.as_raw_fd(), output_writer.as_raw_fd()),
-    };
-    let child_plan = ChildPlan {
-        path: &plan.path,
-        argv: &argv,
-        envp: &envp,
-        stdin,
-        stdout,
-        stderr,
-        listening,
-        // SAFETY (of the pointer arithmetic): the entry is LISTEN_PID_SLOT long, so the digits'
-        // room starts inside it and holds 11 bytes.
-        listen_pid: listening.map(|_| listen_pid_entry.wrapping_add(b"LISTEN_PID=".len())),
-        report,
-        reset_signals,
-        rlimits: &rlimits,
-        nice: plan.nice,
-        umask: plan.umask as libc::mode_t,
-        cwd: &plan.cwd,
-        credentials,
-    };
-    // With every signal blocked until the child has reset them, a signal meant for it cannot
-    // run rinetd's handlers in it (they would write to rinetd's own self-pipe).
-    let saved = signals::block_all();
-    let share_memory = plan.credentials.is_none() || inherited.memory_sharing_is_safe;
-    let started = if share_memory {
-        // SAFETY: this is posix_spawn's technique. With CLONE_VM the child runs in rinetd's
-        // memory on the reserved stack, and with CLONE_VFORK rinetd stays suspended until the
-        // child has exec'd or exited, so nothing else touches that memory (or the stack)
-        // meanwhile. The child only runs `exec_handler`: raw async-signal-safe syscalls on the
-        // plan (which outlives the call), no allocation, no lock; it writes only its stack,
-        // errno and the LISTEN_PID slot made for it. Every signal is blocked until it has reset
-        // them. SIGCHLD makes it an ordinary child for waitpid.
-        unsafe {
-            libc::clone(
-                run_child,
-                inherited.child_stack.top(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                (&raw const child_plan).cast_mut().cast(),
-            )
+        let groups: Vec<libc::gid_t>;
+        let credentials = match &plan.credentials {
+            Some(c) => {
+                groups = c.groups.clone();
+                Some((groups.as_slice(), c.gid, c.uid))
+            }
+            None => None,
+        };
+        let OutputPipe {
+            reader: output,
+            writer: output_writer,
+        } = pipe;
+        let (stderr, report) = match plan.stderr {
+            StderrMode::Log => (output_writer.as_raw_fd(), 2),
+            StderrMode::Socket => (socket, output_writer.as_raw_fd()),
+            StderrMode::Null => (dev_null.as_raw_fd(), output_writer.as_raw_fd()),
+        };
+        let child_plan = ChildPlan {
+            path: &plan.path,
+            argv: &argv,
+            envp: &envp,
+            stdin,
+            stdout,
+            stderr,
+            listening,
+            // SAFETY (of the pointer arithmetic): the entry is LISTEN_PID_SLOT long, so the digits'
+            // room starts inside it and holds 11 bytes.
+            listen_pid: listening.map(|_| listen_pid_entry.wrapping_add(b"LISTEN_PID=".len())),
+            report,
+            reset_signals,
+            rlimits: &rlimits,
+            nice: plan.nice,
+            umask: plan.umask as libc::mode_t,
+            cwd: &plan.cwd,
+            credentials,
+        };
+        // With every signal blocked until the child has reset them, a signal meant for it cannot
+        // run rinetd's handlers in it (they would write to rinetd's own self-pipe).
+        let saved = signals::block_all();
+        let share_memory = plan.credentials.is_none() || self.memory_sharing_is_safe;
+        let started = if share_memory {
+            // SAFETY: this is posix_spawn's technique. With CLONE_VM the child runs in rinetd's
+            // memory on the reserved stack, and with CLONE_VFORK rinetd stays suspended until the
+            // child has exec'd or exited, so nothing else touches that memory (or the stack)
+            // meanwhile. The child only runs `exec_handler`: raw async-signal-safe syscalls on the
+            // plan (which outlives the call), no allocation, no lock; it writes only its stack,
+            // errno and the LISTEN_PID slot made for it. Every signal is blocked until it has reset
+            // them. SIGCHLD makes it an ordinary child for waitpid.
+            unsafe {
+                libc::clone(
+                    run_child,
+                    self.child_stack.top(),
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    (&raw const child_plan).cast_mut().cast(),
+                )
+            }
+        } else {
+            // SAFETY: rinetd is single-threaded and the child only runs `exec_handler` (see above)
+            // on its own copy of the memory.
+            match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Child) => exec_handler(&child_plan),
+                Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+                Err(_) => -1,
+            }
+        };
+        let error = std::io::Error::last_os_error();
+        signals::restore_mask(saved);
+        if share_memory && plan.credentials.is_some() {
+            // The child's setuid set the dumpable flag of the memory it shared: rinetd's own.
+            let _ = nix::sys::prctl::set_dumpable(self.dumpable);
         }
-    } else {
-        // SAFETY: rinetd is single-threaded and the child only runs `exec_handler` (see above)
-        // on its own copy of the memory.
-        match unsafe { nix::unistd::fork() } {
-            Ok(nix::unistd::ForkResult::Child) => exec_handler(&child_plan),
-            Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
-            Err(_) => -1,
+        if started < 0 {
+            return Err(error);
         }
-    };
-    let error = std::io::Error::last_os_error();
-    signals::restore_mask(saved);
-    if share_memory && plan.credentials.is_some() {
-        // The child's setuid set the dumpable flag of the memory it shared: rinetd's own.
-        let _ = nix::sys::prctl::set_dumpable(inherited.dumpable);
+        drop(output_writer);
+        Ok(Spawned {
+            pid: Pid::from_raw(started),
+            output,
+        })
     }
-    if started < 0 {
-        return Err(error);
-    }
-    drop(output_writer);
-    Ok(Spawned {
-        pid: Pid::from_raw(started),
-        output,
-    })
 }
 
 /// The stack a child runs on between clone and exec: mapped once, with a guard page below it,
-/// and reused (rinetd is suspended while a child uses it). exec_handler needs about 2 KiB at
-/// most (measured); 64 KiB leaves room for glibc's syscall wrappers.
-pub struct ChildStack {
+/// and reused (rinetd is suspended while a child uses it).
+struct ChildStack {
     base: *mut libc::c_void,
     len: usize,
 }
 
 impl ChildStack {
-    pub fn new() -> io::Result<ChildStack> {
-        let page = 4096;
+    fn new() -> io::Result<ChildStack> {
+        // The guard must be a whole page of the machine's size (16 KiB or 64 KiB on some
+        // arm64 kernels), or mprotect would leave part of it writable.
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|size| usize::try_from(size).ok())
+            .unwrap_or(4096);
         let len = CHILD_STACK + page;
         // SAFETY: a fresh private anonymous mapping, owned by the returned value; the
         // mprotect applies to its first page only.
@@ -270,7 +325,8 @@ impl ChildStack {
     }
 }
 
-/// Stack for the child between clone and exec: exec_handler needs a few hundred bytes.
+/// Stack for the child between clone and exec: exec_handler itself needs about 2 KiB
+/// (measured); the rest is room for glibc's syscall wrappers.
 const CHILD_STACK: usize = 64 * 1024;
 
 /// The child's entry point after clone.

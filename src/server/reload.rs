@@ -1,15 +1,149 @@
-//! SIGHUP: applies a new, fully checked table to the running server. Listeners are matched by
-//! identity (protocol + address + port, or path): a socket that stays is never closed or
-//! re-bound, a service keeps its running handlers, counts and wait state, and a removed
-//! service is retired only once its last handler has exited. Nothing is killed.
+//! SIGHUP: a new, fully checked table applied to the running server. `plan` (pure) matches old
+//! and new services by name and listening sockets by identity (protocol + address + port, or
+//! path): a socket that stays is never closed or re-bound, a service keeps its running
+//! handlers, counts and wait state, and a removed service is retired (its handlers run on).
+//! `apply` carries the plan out; nothing is killed.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
-use log::info;
+use log::{error, info, warn};
+use mio::Token;
 
-use super::{Bound, Kind, Listener, Server, ServiceState, Source, kind_of};
-use crate::config::{Handler, Place, Pos, Protocol, ServiceSpec};
-use crate::resolve::{Endpoint, Service};
+use super::table::ServiceId;
+use super::{Server, SourceKind, seconds};
+use crate::config::Protocol;
+use crate::service::{Endpoint, Service};
+
+/// Reads, checks and resolves the table again: the services, or every error as a line.
+pub type Loader = Box<dyn FnMut() -> Result<Vec<Service>, Vec<String>>>;
+
+/// A listener's identity across reloads: protocol and address + port (or path). An ephemeral
+/// port (0) says nothing about which socket it was, so such a listener also needs the same
+/// service name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity(Protocol, Endpoint, Option<String>);
+
+impl Identity {
+    pub fn of(protocol: Protocol, endpoint: &Endpoint, service: &str) -> Identity {
+        let ephemeral = matches!(endpoint, Endpoint::Ip(address) if address.port() == 0);
+        Identity(
+            protocol,
+            endpoint.clone(),
+            ephemeral.then(|| service.to_string()),
+        )
+    }
+}
+
+/// A service of the running table, as `plan` sees it.
+pub struct Current<'a> {
+    pub id: ServiceId,
+    pub service: &'a Service,
+    pub retired: bool,
+    pub listeners: Vec<(Token, Identity)>,
+}
+
+/// Where a service of the new table goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The running service it continues; `changed` if any setting differs.
+    Existing {
+        id: ServiceId,
+        changed: bool,
+    },
+    New,
+}
+
+/// Each listening socket of a service of the new table.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Socket {
+    /// The running socket with this token, kept as it is (it may come from another service).
+    Keep(Token),
+    Bind(Endpoint),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub target: Target,
+    pub sockets: Vec<Socket>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// One per service of the new table, in its order.
+    pub placements: Vec<Placement>,
+    /// Running services the new table does not have.
+    pub retire: Vec<ServiceId>,
+    /// Running sockets no service wants any more.
+    pub close: Vec<Token>,
+}
+
+/// Matches the new table against the running one. The same service is the one of the same
+/// name, else the one whose socket it takes over; each is continued by at most one.
+pub fn plan(current: &[Current<'_>], new: &[Service]) -> Plan {
+    let mut sockets: HashMap<&Identity, (ServiceId, Token)> = HashMap::new();
+    for old in current {
+        for (token, identity) in &old.listeners {
+            sockets.insert(identity, (old.id, *token));
+        }
+    }
+    let live: HashMap<ServiceId, &Current<'_>> = current
+        .iter()
+        .filter(|old| !old.retired)
+        .map(|old| (old.id, old))
+        .collect();
+    let by_name: HashMap<&str, ServiceId> = live
+        .values()
+        .map(|old| (old.service.name.as_str(), old.id))
+        .collect();
+    let mut continued: HashSet<ServiceId> = HashSet::new();
+    let mut plan = Plan::default();
+    for service in new {
+        let identities: Vec<Identity> = service
+            .listen
+            .iter()
+            .map(|endpoint| Identity::of(service.protocol, endpoint, &service.name))
+            .collect();
+        let previous = by_name
+            .get(service.name.as_str())
+            .copied()
+            .filter(|id| !continued.contains(id))
+            .or_else(|| {
+                identities.iter().find_map(|identity| {
+                    let (id, _) = sockets.get(identity)?;
+                    (live.contains_key(id) && !continued.contains(id)).then_some(*id)
+                })
+            });
+        let sockets_of_service = service
+            .listen
+            .iter()
+            .zip(&identities)
+            .map(|(endpoint, identity)| match sockets.remove(identity) {
+                Some((_, token)) => Socket::Keep(token),
+                None => Socket::Bind(endpoint.clone()),
+            })
+            .collect();
+        let target = match previous {
+            Some(id) => {
+                continued.insert(id);
+                let changed = live.get(&id).is_some_and(|old| old.service != service);
+                Target::Existing { id, changed }
+            }
+            None => Target::New,
+        };
+        plan.placements.push(Placement {
+            target,
+            sockets: sockets_of_service,
+        });
+    }
+    plan.retire = current
+        .iter()
+        .filter(|old| !old.retired && !continued.contains(&old.id))
+        .map(|old| old.id)
+        .collect();
+    plan.close = sockets.into_values().map(|(_, token)| token).collect();
+    plan
+}
 
 /// What a reload did, for its log line.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -20,158 +154,121 @@ pub struct Summary {
     pub kept: usize,
 }
 
-/// A listener's identity across reloads: protocol and address + port (or path). An ephemeral
-/// port (0) says nothing about which socket it was, so such a listener also needs the same
-/// service name.
-type Identity = (Protocol, Endpoint, Option<String>);
-
-fn identity(protocol: Protocol, endpoint: &Endpoint, service: &str) -> Identity {
-    let ephemeral = matches!(endpoint, Endpoint::Ip(address) if address.port() == 0);
-    (
-        protocol,
-        endpoint.clone(),
-        ephemeral.then(|| service.to_string()),
-    )
-}
-
-/// The settings of a service with where they were written left out: moving a service down
-/// the file, or into an included file, does not change it.
-fn settings(spec: &ServiceSpec) -> ServiceSpec {
-    let mut spec = spec.clone();
-    // The path as given at start and the canonical one a reload reads are the same file.
-    spec.file.clear();
-    let nowhere = Pos::default();
-    spec.pos = nowhere;
-    spec.port_pos = nowhere;
-    if let Handler::Server { pos, .. } = &mut spec.handler {
-        *pos = nowhere;
-    }
-    for id in [&mut spec.user, &mut spec.group].into_iter().flatten() {
-        id.1 = Place {
-            file: String::new(),
-            pos: nowhere,
-        };
-    }
-    if let Some(unix) = &mut spec.unix {
-        unix.pos = nowhere;
-    }
-    spec
-}
-
 impl Server {
-    /// Reconciles the live table with `services`; returns what changed.
-    pub(super) fn reconcile(&mut self, services: Vec<Service>) -> Summary {
-        let started = std::time::Instant::now();
-        let mut summary = Summary::default();
-        // Every bound socket, by identity, with the service that held it.
-        let mut sockets: HashMap<Identity, (usize, Listener)> = HashMap::new();
-        let previous_count = self.services.len();
-        for (index, state) in self.services.iter_mut().enumerate() {
-            let protocol = state.service.spec.protocol;
-            for listener in state.listeners.drain(..) {
-                let key = identity(protocol, &listener.endpoint, &state.service.spec.name);
-                sockets.insert(key, (index, listener));
+    /// Reads and checks the whole table; any error keeps the running one exactly as it is.
+    pub(super) fn reload(&mut self, load: &mut Loader) {
+        info!("reloading");
+        let started = Instant::now();
+        match load() {
+            Ok(services) => {
+                info!(
+                    "reload: table read and checked in {}",
+                    seconds(started.elapsed())
+                );
+                self.apply(services);
+            }
+            Err(errors) => {
+                for error in &errors {
+                    error!("reload: {error}");
+                }
+                error!(
+                    "reload failed errors={}; the running table is unchanged",
+                    errors.len()
+                );
             }
         }
-        let mut by_name: HashMap<String, usize> = self
-            .services
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.retired)
-            .map(|(i, s)| (s.service.spec.name.clone(), i))
+    }
+
+    /// Carries out the plan for `services`: the table and the listeners take their new shape,
+    /// kept sockets their new settings, new ones are bound; every service is then woken.
+    fn apply(&mut self, services: Vec<Service>) -> Summary {
+        let started = Instant::now();
+        let current: Vec<Current<'_>> = self
+            .table
+            .entries()
+            .map(|(id, entry)| Current {
+                id,
+                service: &entry.service,
+                retired: entry.is_retired(),
+                listeners: entry
+                    .listeners
+                    .iter()
+                    .filter_map(|token| {
+                        let listener = self.listeners.get(*token)?;
+                        let identity = Identity::of(
+                            entry.service.protocol,
+                            &listener.endpoint,
+                            &entry.service.name,
+                        );
+                        Some((*token, identity))
+                    })
+                    .collect(),
+            })
             .collect();
-        let mut carried = HashSet::new();
-        for service in services {
-            let protocol = service.spec.protocol;
-            // The same service is the one of the same name, else the one whose socket it takes.
-            let previous = by_name.remove(&service.spec.name).or_else(|| {
-                service.listen.iter().find_map(|endpoint| {
-                    let key = identity(protocol, endpoint, &service.spec.name);
-                    let (index, _) = sockets.get(&key)?;
-                    (!carried.contains(index) && !self.services[*index].retired).then_some(*index)
-                })
-            });
-            let listeners: Vec<Listener> = service
-                .listen
-                .iter()
-                .map(|endpoint| {
-                    match sockets.remove(&identity(protocol, endpoint, &service.spec.name)) {
-                        Some((_, listener)) => listener,
-                        None => Listener::unbound(endpoint.clone(), self.new_token()),
-                    }
-                })
-                .collect();
-            match previous.filter(|index| carried.insert(*index)) {
-                Some(index) => {
-                    let state = &mut self.services[index];
-                    if settings(&state.service.spec) == settings(&service.spec)
-                        && state.service.listen == service.listen
-                    {
-                        summary.kept += 1;
-                    } else {
+        let plan = plan(&current, &services);
+        let mut summary = Summary::default();
+        for id in &plan.retire {
+            self.table.retire(*id);
+            self.streams.forget(*id);
+            summary.removed += 1;
+        }
+        for token in &plan.close {
+            self.listeners.close(*token, self.poll.registry());
+        }
+        let mut to_bind = Vec::new();
+        let mut kept = Vec::new();
+        for (service, placement) in services.into_iter().zip(plan.placements) {
+            let id = match placement.target {
+                Target::Existing { id, changed } => {
+                    if changed {
                         summary.changed += 1;
+                    } else {
+                        summary.kept += 1;
                     }
-                    state.kind = kind_of(&service);
-                    state.service = service;
-                    state.listeners = listeners;
-                    let max = state.service.spec.max_children;
-                    state.full = max > 0 && state.running >= max;
+                    self.table.update(id, service);
+                    id
                 }
-                None => {
+                Target::New => {
                     summary.added += 1;
-                    // A retired service with nothing left running frees its slot: nothing
-                    // refers to it any more (timers that still name it find it not paused).
-                    let state = ServiceState::new(service, listeners);
-                    let free = (0..previous_count).find(|&index| {
-                        let old = &self.services[index];
-                        old.retired && old.running == 0 && !carried.contains(&index)
-                    });
-                    match free {
-                        Some(index) => {
-                            carried.insert(index);
-                            self.services[index] = state;
-                        }
-                        None => self.services.push(state),
+                    self.table.insert(service)
+                }
+            };
+            let mut tokens = Vec::new();
+            for socket in placement.sockets {
+                let token = match socket {
+                    Socket::Keep(token) => {
+                        kept.push(token);
+                        token
                     }
-                }
-            }
-        }
-        for (index, state) in self.services[..previous_count].iter_mut().enumerate() {
-            if !state.retired && !carried.contains(&index) {
-                state.retired = true;
-                summary.removed += 1;
-            }
-        }
-        // Sockets no service wants any more.
-        for (_, (_, listener)) in sockets {
-            if let Some(socket) = &listener.socket {
-                self.deregister(socket);
-                if let (Endpoint::Unix(path), false) = (&listener.endpoint, listener.inherited) {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        }
-        self.sources
-            .retain(|_, source| !matches!(source, Source::Listener { .. }));
-        let mut unbound = Vec::new();
-        for (service, state) in self.services.iter().enumerate() {
-            for (index, listener) in state.listeners.iter().enumerate() {
-                match &listener.socket {
-                    Some(socket) => {
-                        self.sources
-                            .insert(listener.token, Source::Listener { service, index });
-                        refresh(socket, &listener.endpoint, state);
+                    Socket::Bind(endpoint) => {
+                        let token = self.tokens.next(SourceKind::Listener);
+                        self.listeners.add(token, id, endpoint);
+                        to_bind.push(token);
+                        token
                     }
-                    None if !listener.retrying => unbound.push((service, index)),
-                    None => {}
+                };
+                if let Some(listener) = self.listeners.get_mut(token) {
+                    listener.service = id;
+                }
+                tokens.push(token);
+            }
+            if let Some(entry) = self.table.get_mut(id) {
+                entry.listeners = tokens;
+            }
+        }
+        for token in kept {
+            let owner = self.listeners.get(token).map(|l| l.service);
+            if let Some(entry) = owner.and_then(|id| self.table.get(id)) {
+                for failure in self.listeners.refresh(token, &entry.service) {
+                    warn!("{}: reload: {failure}", entry.label());
                 }
             }
         }
-        for (service, index) in unbound {
-            self.bind(service, index);
+        for token in to_bind {
+            self.bind(token);
         }
-        for service in 0..self.services.len() {
-            self.service_ready(service);
+        for id in self.table.ids() {
+            self.wake(id);
         }
         info!(
             "reloaded added={} changed={} removed={} kept={} duration={}",
@@ -179,29 +276,190 @@ impl Server {
             summary.changed,
             summary.removed,
             summary.kept,
-            super::seconds(started.elapsed())
+            seconds(started.elapsed())
         );
         summary
     }
 }
 
-/// A kept socket takes the settings that can change without re-binding it: the backlog
-/// (listen(2) again only updates it), a UNIX socket's mode, and arrival time stamps for a
-/// datagram socket that has become `wait: true` (see `Fingerprint`).
-fn refresh(socket: &Bound, endpoint: &Endpoint, state: &ServiceState) {
-    let spec = &state.service.spec;
-    match socket {
-        Bound::Stream(socket) => {
-            let _ = socket.listen(spec.backlog.min(i32::MAX as u32) as i32);
-        }
-        Bound::Datagram(socket) => {
-            if state.kind == Kind::Wait {
-                let _ = super::datagram::stamp_arrivals(socket);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::table::Table;
+
+    /// The running table of `services` as `plan` sees it, each listener's token its position
+    /// in the list (from 1), with the given services retired.
+    fn running(table: &mut Table, services: &[Service], retired: &[&str]) -> Vec<ServiceId> {
+        let ids: Vec<ServiceId> = services.iter().map(|s| table.insert(s.clone())).collect();
+        for (id, service) in ids.iter().zip(services) {
+            if retired.contains(&service.name.as_str()) {
+                table.retire(*id);
             }
         }
+        ids
     }
-    if let (Endpoint::Unix(path), Some(unix)) = (endpoint, &spec.unix) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix.mode));
+
+    fn current<'a>(table: &'a Table, ids: &[ServiceId]) -> Vec<Current<'a>> {
+        let mut next_token = 0;
+        ids.iter()
+            .map(|id| {
+                let entry = table.get(*id).unwrap();
+                let service = &entry.service;
+                let listeners = service
+                    .listen
+                    .iter()
+                    .map(|endpoint| {
+                        next_token += 1;
+                        let identity = Identity::of(service.protocol, endpoint, &service.name);
+                        (Token(next_token), identity)
+                    })
+                    .collect();
+                Current {
+                    id: *id,
+                    service,
+                    retired: entry.is_retired(),
+                    listeners,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unchanged_services_keep_everything_and_changed_ones_keep_their_sockets() {
+        let old = [
+            Service::example("a", &["127.0.0.1:7001"]),
+            Service::example("b", &["127.0.0.1:7002"]),
+        ];
+        let mut table = Table::default();
+        let ids = running(&mut table, &old, &[]);
+        let mut changed = old[1].clone();
+        changed.limits.per_source = crate::service::limit(3);
+        let plan = plan(&current(&table, &ids), &[old[0].clone(), changed]);
+        assert_eq!(
+            plan.placements,
+            [
+                Placement {
+                    target: Target::Existing {
+                        id: ids[0],
+                        changed: false
+                    },
+                    sockets: vec![Socket::Keep(Token(1))],
+                },
+                Placement {
+                    target: Target::Existing {
+                        id: ids[1],
+                        changed: true
+                    },
+                    sockets: vec![Socket::Keep(Token(2))],
+                },
+            ]
+        );
+        assert!(plan.retire.is_empty() && plan.close.is_empty());
+    }
+
+    #[test]
+    fn same_name_with_a_different_socket_continues_the_service_on_a_new_socket() {
+        let old = [Service::example("a", &["127.0.0.1:7001"])];
+        let mut table = Table::default();
+        let ids = running(&mut table, &old, &[]);
+        let moved = Service::example("a", &["127.0.0.1:7009"]);
+        let plan = plan(&current(&table, &ids), &[moved]);
+        assert_eq!(
+            plan.placements[0],
+            Placement {
+                target: Target::Existing {
+                    id: ids[0],
+                    changed: true
+                },
+                sockets: vec![Socket::Bind(Endpoint::Ip(
+                    "127.0.0.1:7009".parse().unwrap()
+                ))],
+            }
+        );
+        assert_eq!(plan.close, [Token(1)]);
+    }
+
+    #[test]
+    fn a_renamed_service_takes_over_the_socket_and_the_old_name_is_removed() {
+        let old = [Service::example("old", &["127.0.0.1:7001"])];
+        let mut table = Table::default();
+        let ids = running(&mut table, &old, &[]);
+        let plan = plan(
+            &current(&table, &ids),
+            &[Service::example("new", &["127.0.0.1:7001"])],
+        );
+        assert_eq!(
+            plan.placements[0].target,
+            Target::Existing {
+                id: ids[0],
+                changed: true
+            }
+        );
+        assert_eq!(plan.placements[0].sockets, [Socket::Keep(Token(1))]);
+        assert!(
+            plan.retire.is_empty(),
+            "the service continues under its new name"
+        );
+    }
+
+    #[test]
+    fn ephemeral_ports_are_matched_by_service_name_too() {
+        // Two services on port 0 share a configured identity; each keeps its own socket.
+        let old = [
+            Service::example("a", &["127.0.0.1:0"]),
+            Service::example("b", &["127.0.0.1:0"]),
+        ];
+        let mut table = Table::default();
+        let ids = running(&mut table, &old, &[]);
+        let swapped = [old[1].clone(), old[0].clone()];
+        let plan = plan(&current(&table, &ids), &swapped);
+        assert_eq!(plan.placements[0].sockets, [Socket::Keep(Token(2))]);
+        assert_eq!(plan.placements[1].sockets, [Socket::Keep(Token(1))]);
+        // A new service on port 0 never takes another's ephemeral socket.
+        let plan = plan_for(&table, &ids, &[Service::example("c", &["127.0.0.1:0"])]);
+        assert_eq!(plan.placements[0].target, Target::New);
+        assert_eq!(plan.close.len(), 2);
+        assert_eq!(plan.retire.len(), 2);
+    }
+
+    fn plan_for(table: &Table, ids: &[ServiceId], new: &[Service]) -> Plan {
+        plan(&current(table, ids), new)
+    }
+
+    #[test]
+    fn retired_services_are_not_continued_and_their_places_are_reused_by_new_ones() {
+        let old = [
+            Service::example("gone", &[]),
+            Service::example("kept", &["127.0.0.1:7002"]),
+        ];
+        let mut table = Table::default();
+        let ids = running(&mut table, &old, &["gone"]);
+        // A service of the retired one's name is a new service, not the retired one back.
+        let plan = plan_for(
+            &table,
+            &ids,
+            &[Service::example("gone", &[]), old[1].clone()],
+        );
+        assert_eq!(plan.placements[0].target, Target::New);
+        assert!(plan.retire.is_empty(), "already retired");
+        // The table gives the new service the retired place (nothing counts on it).
+        let id = table.insert(Service::example("gone", &[]));
+        assert!(table.get(ids[0]).is_none());
+        assert_eq!(table.get(id).unwrap().service.name, "gone");
+    }
+
+    #[test]
+    fn a_socket_held_by_a_wait_handler_follows_its_identity_to_the_new_owner() {
+        // The socket (and with it, in Listeners, the pid holding it) moves with its token: the
+        // new owner gets the very socket the handler holds, never a second one.
+        let mut waiting = Service::example("tftp", &["127.0.0.1:6969"]);
+        waiting.wait = true;
+        let mut table = Table::default();
+        let ids = running(&mut table, &[waiting.clone()], &[]);
+        let mut successor = waiting.clone();
+        successor.name = "tftp2".to_string();
+        let plan = plan_for(&table, &ids, &[Service::example("other", &[]), successor]);
+        assert_eq!(plan.placements[1].sockets, [Socket::Keep(Token(1))]);
+        assert!(plan.close.is_empty());
     }
 }

@@ -1,6 +1,8 @@
 //! Stream services (tcp and unix, `wait: false`): accepting, reading PROXY headers without
-//! blocking the loop, admitting or refusing clients, and serving TCP builtins inline.
+//! blocking the loop, admitting or refusing clients, starting their handlers (or holding a
+//! connection whose handler cannot be started yet), and serving TCP builtins inline.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -10,32 +12,61 @@ use log::{info, warn};
 use mio::{Interest, Token};
 use socket2::Socket;
 
+use super::children::{RESOURCE_BACKOFF, Role};
+use super::table::{Denied, ServiceId, Slot};
 use super::timers::TimerId;
-use super::{
-    ACCEPT_BACKOFF, Bound, Kind, Role, Server, Source, Timer, address_vars, canonical,
-    is_resource_exhaustion, seconds, would_block,
-};
+use super::{Server, SourceKind, Timer, canonical, is_resource_exhaustion, seconds, would_block};
 use crate::builtin::{Step, StreamBuiltin};
+use crate::config::Builtin;
 use crate::proxy::{self, Parsed};
-use crate::spawn::{OutputPipe, Stdio};
+use crate::service::Kind;
+use crate::spawn::{OutputPipe, Stdio, address_vars};
 
 /// How long a client behind `proxy_protocol: true` has to send its header.
 const PROXY_DEADLINE: Duration = Duration::from_secs(5);
 /// Most PROXY headers fit in this; only a v2 header with large TLVs needs a longer look.
 const PROXY_FIRST_LOOK: usize = 536;
 
+/// Open connections served inside the loop, and connections waiting for their handler.
+#[derive(Default)]
+pub struct Streams {
+    connections: HashMap<Token, Connection>,
+    /// Per service, a connection admitted whose handler could not be started (fork failed,
+    /// or no pipe): started before anything else is accepted, once the back-off is over.
+    held: HashMap<ServiceId, Held>,
+}
+
+impl Streams {
+    /// Closes every connection (the stop).
+    pub fn close_all(&mut self) {
+        self.connections.clear();
+        self.held.clear();
+    }
+
+    /// Drops what waits for a service a reload removed.
+    pub fn forget(&mut self, id: ServiceId) {
+        self.held.remove(&id);
+    }
+}
+
+enum Connection {
+    Builtin(BuiltinConnection),
+    Proxy(PendingProxy),
+}
+
 /// A TCP connection served by a builtin.
-pub(super) struct BuiltinConnection {
-    service: usize,
+struct BuiltinConnection {
+    slot: Slot,
     remote: Option<SocketAddr>,
     socket: Socket,
     machine: StreamBuiltin,
     started: Instant,
 }
 
-/// A connection that has not yet sent its whole PROXY header.
-pub(super) struct PendingProxy {
-    service: usize,
+/// A connection that has not yet sent its whole PROXY header. Its slot counts against
+/// `max_children` meanwhile, so slow proxies cannot pile up without bound.
+struct PendingProxy {
+    slot: Slot,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -46,7 +77,7 @@ pub(super) struct PendingProxy {
 }
 
 /// A connection admitted whose handler could not be started yet.
-pub(super) struct Held {
+struct Held {
     connection: Socket,
     remote: Option<SocketAddr>,
     local: Option<SocketAddr>,
@@ -55,46 +86,51 @@ pub(super) struct Held {
 impl Server {
     /// Accepts until the backlog is empty (edge-triggered), a limit stops the service, or the
     /// turn is over.
-    pub(super) fn accept_from(&mut self, service: usize, index: usize) {
+    pub(super) fn accept_from(&mut self, id: ServiceId, token: Token) {
+        let Some(kind) = self.table.get(id).map(|e| e.kind) else {
+            return;
+        };
         // The pipe is made before the connection is accepted: out of descriptors, the client
         // then waits in the backlog instead of being accepted and dropped.
-        let needs_pipe = self.services[service].kind == Kind::StreamExec;
+        let needs_pipe = kind == Kind::StreamExec;
         for _ in 0..super::TURN {
-            if self.stopping.is_some() || !self.services[service].can_accept() {
+            if !self.table.get(id).is_some_and(|e| e.may_accept()) {
                 return;
             }
             // A back-off is over: first the connection that was waiting for its handler.
-            if let Some(held) = self.services[service].held.take() {
-                self.admit(service, held.connection, held.remote, held.local, None);
+            if let Some(held) = self.streams.held.remove(&id) {
+                self.admit(id, held.connection, held.remote, held.local, None);
                 continue;
             }
-            if needs_pipe && !self.prepare_pipe(service) {
+            if needs_pipe && !self.prepare_pipe(id) {
                 return;
             }
-            let state = &self.services[service];
-            let Some(listener) = state.listeners.get(index) else {
+            let Some(listener) = self.listeners.get(token) else {
                 return;
             };
-            let (Some(Bound::Stream(socket)), None) = (&listener.socket, listener.held_by) else {
+            let Some(socket) = listener.stream() else {
                 return;
             };
             match socket.accept() {
                 Ok((connection, peer)) => {
-                    let bound = listener.bound;
-                    self.count_for_rate_limit(service, Instant::now());
+                    let bound = listener.bound();
+                    if let Some(until) = self.table.count_accept(id, Instant::now()) {
+                        self.timers.schedule(until, Timer::Resume(id));
+                    }
                     let remote = peer.as_socket().map(canonical);
                     let local = bound.map(|bound| canonical(local_of(&connection, bound)));
                     let pipe = if needs_pipe {
-                        self.spare_pipe.take()
+                        self.children.take_spare_pipe()
                     } else {
                         None
                     };
-                    if self.services[service].service.spec.proxy_protocol {
-                        if let (Some(remote), Some(local)) = (remote, local) {
-                            self.await_proxy_header(service, connection, remote, local, pipe);
+                    let proxied = self.table.get(id).is_some_and(|e| e.service.proxy_protocol);
+                    match (proxied, remote, local) {
+                        (true, Some(remote), Some(local)) => {
+                            self.await_proxy_header(id, connection, remote, local, pipe);
                         }
-                    } else {
-                        self.admit(service, connection, remote, local, pipe);
+                        (true, _, _) => {}
+                        (false, _, _) => self.admit(id, connection, remote, local, pipe),
                     }
                 }
                 Err(err) if would_block(&err) => return,
@@ -102,25 +138,26 @@ impl Server {
                 // retry"): the next one in the backlog is unaffected.
                 Err(err) if err.kind() == io::ErrorKind::Interrupted || connection_error(&err) => {}
                 Err(err) if is_resource_exhaustion(&err) => {
-                    self.back_off(service, ACCEPT_BACKOFF, "accept failed", &err);
+                    self.back_off(id, RESOURCE_BACKOFF, "accept failed", &err);
                     return;
                 }
                 Err(err) => {
-                    warn!("{}: accept failed error={err}", state.label());
+                    if let Some(entry) = self.table.get(id) {
+                        warn!("{}: accept failed error={err}", entry.label());
+                    }
                     return;
                 }
             }
         }
-        let token = self.services[service].listeners[index].token;
-        self.again.push_back(token);
+        self.runnable.push_back(token);
     }
 
-    /// Checks the client against the ACLs and per_source, then starts its handler (with `pipe`,
-    /// or a new one) or builtin. `remote`/`local` are None for UNIX sockets. A handler that
-    /// cannot be started leaves the connection held for the end of the back-off.
+    /// Checks the client against the access lists and `per_source`, then starts its handler
+    /// (with `pipe`, or a new one) or builtin. `remote`/`local` are None for UNIX sockets. A
+    /// handler that cannot be started leaves the connection held for the end of the back-off.
     fn admit(
         &mut self,
-        service: usize,
+        id: ServiceId,
         connection: Socket,
         remote: Option<SocketAddr>,
         local: Option<SocketAddr>,
@@ -128,47 +165,56 @@ impl Server {
     ) {
         // A PROXY header may name a mapped address too.
         let (remote, local) = (remote.map(canonical), local.map(canonical));
-        let state = &mut self.services[service];
-        if let Some(remote) = remote
-            && let Some(reason) = state.refusal(remote.ip())
-        {
-            state.refuse(&remote.to_string(), reason);
+        let slot = match self.table.admit(id, remote.map(|r| r.ip())) {
+            Ok(slot) => slot,
+            Err(Denied::Refused(reason)) => {
+                let client = remote.map_or_else(|| "unix".to_string(), |r| r.to_string());
+                self.log_refusal(id, &client, reason);
+                return;
+            }
+            Err(Denied::Gone) => return,
+        };
+        let Some(entry) = self.table.get(id) else {
+            let _ = self.table.release(slot);
             return;
-        }
-        let spec = &state.service.spec;
-        if spec.keepalive && remote.is_some() {
+        };
+        if entry.service.socket.keepalive && remote.is_some() {
             let _ = connection.set_keepalive(true);
         }
-        let client = remote.map(|r| r.ip());
         let shown = remote.map_or_else(|| "unix".to_string(), |r| r.to_string());
-        if let Kind::StreamBuiltin(builtin) = state.kind {
-            info!("{}: accepted client={shown} builtin", state.label());
-            self.start_builtin(service, connection, remote, builtin);
+        if let Kind::StreamBuiltin(builtin) = entry.kind {
+            info!("{}: accepted client={shown} builtin", entry.label());
+            self.start_builtin(slot, connection, remote, builtin);
             return;
         }
         let vars = match (remote, local) {
-            (Some(remote), Some(local)) => address_vars(spec.protocol, remote, local),
+            (Some(remote), Some(local)) => address_vars(entry.service.protocol, remote, local),
             _ => Vec::new(),
         };
         // A proxied connection was non-blocking while its header was read.
         let _ = connection.set_nonblocking(false);
-        let fd = connection.as_raw_fd();
-        let started = pipe.or_else(|| self.take_pipe(service)).and_then(|pipe| {
-            let stdio = Stdio::Connection(fd);
-            self.start_handler(service, pipe, stdio, &vars, client, Role::Connection)
-        });
+        let stdio = Stdio::Connection(connection.as_raw_fd());
+        let started = match pipe.or_else(|| self.take_pipe(id)) {
+            Some(pipe) => self.start_handler(slot, pipe, stdio, &vars, Role::Connection),
+            None => {
+                let _ = self.table.release(slot);
+                None
+            }
+        };
         match started {
-            Some(pid) => info!(
-                "{}: accepted client={shown} pid={pid}",
-                self.services[service].label()
-            ),
+            Some(pid) => {
+                if let Some(entry) = self.table.get(id) {
+                    info!("{}: accepted client={shown} pid={pid}", entry.label());
+                }
+            }
             // Backing off: retried when the back-off ends (nothing else would end it).
-            None if self.services[service].paused.is_some() => {
-                self.services[service].held = Some(Held {
+            None if self.table.get(id).is_some_and(|e| e.pause().is_some()) => {
+                let held = Held {
                     connection,
                     remote,
                     local,
-                });
+                };
+                self.streams.held.insert(id, held);
             }
             None => {}
         }
@@ -176,100 +222,118 @@ impl Server {
 
     fn start_builtin(
         &mut self,
-        service: usize,
+        slot: Slot,
         socket: Socket,
         remote: Option<SocketAddr>,
-        builtin: crate::config::Builtin,
+        builtin: Builtin,
     ) {
-        if socket.set_nonblocking(true).is_err() {
+        let token = self.tokens.next(SourceKind::Connection);
+        let registered = socket
+            .set_nonblocking(true)
+            .and_then(|()| self.register(&socket, token, Interest::READABLE | Interest::WRITABLE));
+        if let Err(err) = registered {
+            if let Some(entry) = self.table.get(slot.service()) {
+                warn!("{}: cannot serve error={err}", entry.label());
+            }
+            if let Some(runnable) = self.table.release(slot) {
+                self.wake(runnable);
+            }
             return;
         }
-        let token = self.new_token();
-        if let Err(err) = self.register(&socket, token, Interest::READABLE | Interest::WRITABLE) {
-            warn!(
-                "{}: cannot serve error={err}",
-                self.services[service].label()
-            );
-            return;
-        }
-        self.occupy(service, remote.map(|r| r.ip()));
         let connection = BuiltinConnection {
-            service,
+            slot,
             remote,
             socket,
             machine: StreamBuiltin::new(builtin, SystemTime::now()),
             started: Instant::now(),
         };
-        self.sources.insert(token, Source::Builtin(connection));
-        self.drive_builtin(token);
+        self.streams
+            .connections
+            .insert(token, Connection::Builtin(connection));
+        // Daytime and time have their answer ready, and the client may have spoken already.
+        self.runnable.push_back(token);
     }
 
-    pub(super) fn drive_builtin(&mut self, token: Token) {
-        let Some(Source::Builtin(connection)) = self.sources.get_mut(&token) else {
-            return;
-        };
-        match connection.machine.drive(&connection.socket) {
-            Step::Wait => {}
-            Step::Again => self.again.push_back(token),
-            Step::Close => {
-                if let Some(Source::Builtin(connection)) = self.sources.remove(&token) {
-                    self.deregister(&connection.socket);
-                    let shown = connection
-                        .remote
-                        .map_or_else(|| "unix".to_string(), |r| r.to_string());
-                    info!(
-                        "{}: closed client={shown} duration={}",
-                        self.services[connection.service].label(),
-                        seconds(connection.started.elapsed())
-                    );
-                    self.release(connection.service, connection.remote.map(|r| r.ip()));
+    /// A connection's socket is ready (or its turn has come again). `hung_up`: the event said
+    /// the peer closed or reset it.
+    pub(super) fn drive_connection(&mut self, token: Token, hung_up: bool) {
+        match self.streams.connections.get_mut(&token) {
+            Some(Connection::Builtin(connection)) => {
+                match connection.machine.drive(&connection.socket) {
+                    Step::Wait => {}
+                    Step::Again => self.runnable.push_back(token),
+                    Step::Close => self.close_builtin(token),
                 }
             }
+            Some(Connection::Proxy(_)) => self.read_proxy(token, hung_up),
+            None => {}
         }
     }
 
-    /// Registers a connection whose PROXY header is still to come; it counts against
-    /// max_children meanwhile, so that slow proxies cannot pile up without bound.
+    fn close_builtin(&mut self, token: Token) {
+        let Some(Connection::Builtin(connection)) = self.streams.connections.remove(&token) else {
+            return;
+        };
+        self.deregister(&connection.socket);
+        let shown = connection
+            .remote
+            .map_or_else(|| "unix".to_string(), |r| r.to_string());
+        if let Some(entry) = self.table.get(connection.slot.service()) {
+            info!(
+                "{}: closed client={shown} duration={}",
+                entry.label(),
+                seconds(connection.started.elapsed())
+            );
+        }
+        if let Some(runnable) = self.table.release(connection.slot) {
+            self.wake(runnable);
+        }
+    }
+
+    /// Registers a connection whose PROXY header is still to come.
     fn await_proxy_header(
         &mut self,
-        service: usize,
+        id: ServiceId,
         connection: Socket,
         peer: SocketAddr,
         local: SocketAddr,
         pipe: Option<OutputPipe>,
     ) {
-        if connection.set_nonblocking(true).is_err() {
+        let token = self.tokens.next(SourceKind::Connection);
+        let registered = connection
+            .set_nonblocking(true)
+            .and_then(|()| self.register(&connection, token, Interest::READABLE));
+        if let Err(err) = registered {
+            if let Some(entry) = self.table.get(id) {
+                warn!("{}: cannot serve error={err}", entry.label());
+            }
             return;
         }
-        let token = self.new_token();
-        if let Err(err) = self.register(&connection, token, Interest::READABLE) {
-            warn!(
-                "{}: cannot serve error={err}",
-                self.services[service].label()
-            );
+        let Ok(slot) = self.table.admit(id, None) else {
+            self.deregister(&connection);
             return;
-        }
-        self.occupy(service, None);
+        };
+        let deadline = Instant::now() + PROXY_DEADLINE;
         let pending = PendingProxy {
-            service,
+            slot,
             stream: TcpStream::from(connection),
             peer,
             local,
-            deadline: self.schedule(
-                Instant::now() + PROXY_DEADLINE,
-                Timer::ProxyDeadline { token },
-            ),
+            deadline: self.timers.schedule(deadline, Timer::ProxyDeadline(token)),
             pipe,
         };
-        self.sources.insert(token, Source::Proxy(pending));
-        self.read_proxy(token, false);
+        self.streams
+            .connections
+            .insert(token, Connection::Proxy(pending));
+        // The header may be there already.
+        self.runnable.push_back(token);
     }
 
     /// Looks at what the client has sent so far (without consuming it); once a whole header is
     /// there, consumes exactly the header, so the data after it stays for the handler. A client
     /// that has `hung_up` with only part of a header sent will never complete it.
-    pub(super) fn read_proxy(&mut self, token: Token, hung_up: bool) {
-        let Some(Source::Proxy(pending)) = self.sources.get(&token) else {
+    fn read_proxy(&mut self, token: Token, hung_up: bool) {
+        let Some(Connection::Proxy(pending)) = self.streams.connections.get(&token) else {
             return;
         };
         let mut buf = vec![0u8; PROXY_FIRST_LOOK];
@@ -292,12 +356,17 @@ impl Server {
                 Parsed::Done { len, addresses } => break Ok((len, addresses)),
             }
         };
-        let Some(Source::Proxy(mut pending)) = self.sources.remove(&token) else {
+        let Some(Connection::Proxy(mut pending)) = self.streams.connections.remove(&token) else {
             return;
         };
         self.deregister(&pending.stream);
         self.timers.cancel(pending.deadline);
-        let service = pending.service;
+        let id = pending.slot.service();
+        // Its place in max_children passes on to the handler or builtin it becomes (which
+        // takes a slot again in admit, or leaves it free if refused).
+        if let Some(runnable) = self.table.release(pending.slot) {
+            self.wake(runnable);
+        }
         let consumed = verdict.and_then(|(len, addresses)| {
             let mut header = vec![0u8; len];
             pending
@@ -308,39 +377,37 @@ impl Server {
         });
         match consumed {
             Ok(addresses) => {
-                // Its place in max_children passes on to the handler or builtin it becomes
-                // (which takes it again in admit, or leaves it free if refused).
-                self.release(service, None);
                 let (remote, local) = addresses.unwrap_or((pending.peer, pending.local));
-                self.admit(
-                    service,
-                    Socket::from(pending.stream),
-                    Some(remote),
-                    Some(local),
-                    pending.pipe,
-                );
+                let connection = Socket::from(pending.stream);
+                self.admit(id, connection, Some(remote), Some(local), pending.pipe);
             }
             Err(reason) => {
-                warn!(
-                    "{}: proxy header rejected client={} error={reason}",
-                    self.services[service].label(),
-                    pending.peer
-                );
-                self.release(service, None);
+                if let Some(entry) = self.table.get(id) {
+                    warn!(
+                        "{}: proxy header rejected client={} error={reason}",
+                        entry.label(),
+                        pending.peer
+                    );
+                }
             }
         }
     }
 
     pub(super) fn proxy_deadline(&mut self, token: Token) {
-        if let Some(Source::Proxy(pending)) = self.sources.remove(&token) {
-            self.deregister(&pending.stream);
+        let Some(Connection::Proxy(pending)) = self.streams.connections.remove(&token) else {
+            return;
+        };
+        self.deregister(&pending.stream);
+        if let Some(entry) = self.table.get(pending.slot.service()) {
             warn!(
                 "{}: proxy header rejected client={} error=no complete header within {}s",
-                self.services[pending.service].label(),
+                entry.label(),
                 pending.peer,
                 PROXY_DEADLINE.as_secs()
             );
-            self.release(pending.service, None);
+        }
+        if let Some(runnable) = self.table.release(pending.slot) {
+            self.wake(runnable);
         }
     }
 }

@@ -313,13 +313,13 @@ impl Daemon {
         })
     }
 
-    /// The first log line satisfying `matches`; `what` describes it in the failure message.
     /// The first line containing `pattern`, waiting up to `within` (for events slower than
     /// `DEADLINE` by design, such as a bind retry).
     pub fn wait_for_line_within(&self, pattern: &str, within: Duration) -> LogLine {
         self.wait_for_nth(pattern, 0, within, |line| line.contains(pattern))
     }
 
+    /// The first log line satisfying `matches`; `what` describes it in the failure message.
     pub fn wait_for(&self, what: &str, matches: impl Fn(&str) -> bool) -> LogLine {
         self.wait_for_nth(what, 0, DEADLINE, matches)
     }

@@ -1,6 +1,9 @@
 //! Integration tests: each drives the built `rinetd` binary against configs, handler scripts
 //! and clients on loopback (127.0.0.1 and ::1 only). See `harness` for the shared machinery.
 
+// The tests prepare the processes they start (pre_exec, pidfd_open), each with its SAFETY line.
+#![allow(unsafe_code)]
+
 mod harness;
 
 mod builtins;

@@ -1,0 +1,388 @@
+//! Running handlers: starting them (with the output pipe made ahead), their output read line by
+//! line into the log, reaping, and what follows an exit; `timeout` and the stop's signals.
+//! A process is only ever signalled while it is in `running`, that is, not yet reaped: until
+//! then its pid, and so its process group id, cannot belong to anyone else.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::{Interest, Token};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::table::{ServiceId, Slot};
+use super::timers::TimerId;
+use super::wait::Fingerprint;
+use super::{Server, SourceKind, Timer, seconds, would_block};
+use crate::exec::REPORT_PREFIX;
+use crate::service::Kind;
+use crate::spawn::{OutputPipe, Spawner, Stdio};
+
+/// Between the SIGTERM of a timed-out handler's group and its SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// After a failed fork: long enough not to spin.
+const FORK_BACKOFF: Duration = Duration::from_secs(1);
+/// After EMFILE/ENFILE/ENOBUFS/ENOMEM: long enough not to spin, short enough that service
+/// resumes as soon as a descriptor frees up.
+pub const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
+/// A handler's stderr line longer than this is logged in pieces.
+const MAX_LINE: usize = 4096;
+/// Bytes of one handler's output read per turn.
+const OUTPUT_TURN: usize = 64 * 1024;
+
+/// What a handler is for.
+pub enum Role {
+    /// A stream connection's handler.
+    Connection,
+    /// A `wait: true` handler holding the listener with this token (by token: a reload may
+    /// move the socket to another service meanwhile).
+    Wait {
+        listener: Token,
+        trigger: Option<Fingerprint>,
+    },
+    /// A datagram's handler; its reply is collected under `reply`.
+    Datagram { reply: Token },
+}
+
+pub struct Child {
+    pub service: ServiceId,
+    slot: Slot,
+    pub started: Instant,
+    pub role: Role,
+    /// Its output pipe, closed when it is reaped.
+    output: Option<Token>,
+    /// Its pending `timeout` (SIGTERM) or, after that, SIGKILL timer, cancelled at its exit.
+    deadline: Option<TimerId>,
+}
+
+/// The reading end of a handler's output pipe.
+struct Output {
+    label: String,
+    pid: Pid,
+    pipe: File,
+    partial: Vec<u8>,
+}
+
+pub struct Children {
+    running: HashMap<Pid, Child>,
+    outputs: HashMap<Token, Output>,
+    spawner: Spawner,
+    /// The output pipe for the next handler, made before its connection is accepted.
+    spare_pipe: Option<OutputPipe>,
+}
+
+impl Children {
+    pub fn new(spawner: Spawner) -> Children {
+        Children {
+            running: HashMap::new(),
+            outputs: HashMap::new(),
+            spawner,
+            spare_pipe: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Takes the pipe made ahead, if there is one.
+    pub fn take_spare_pipe(&mut self) -> Option<OutputPipe> {
+        self.spare_pipe.take()
+    }
+
+    /// SIGTERM to every handler (the stop).
+    pub fn terminate_all(&self) {
+        for pid in self.running.keys() {
+            let _ = kill(*pid, Signal::SIGTERM);
+        }
+    }
+
+    /// SIGKILL to every handler still running at the end of the stop's grace, and its group.
+    pub fn kill_all(&self) {
+        for pid in self.running.keys() {
+            warn!("stop: pid={pid} still running after 10s, SIGKILL");
+            let _ = killpg(*pid, Signal::SIGKILL);
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+    }
+}
+
+fn describe(status: WaitStatus) -> Option<(Pid, String)> {
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid, code.to_string())),
+        WaitStatus::Signaled(pid, signal, _) => Some((pid, format!("signal:{}", signal.as_str()))),
+        _ => None,
+    }
+}
+
+impl Server {
+    /// The output pipe for the next handler of `id`; running out of descriptors backs the
+    /// service off.
+    pub(super) fn take_pipe(&mut self, id: ServiceId) -> Option<OutputPipe> {
+        match self
+            .children
+            .spare_pipe
+            .take()
+            .map_or_else(OutputPipe::new, Ok)
+        {
+            Ok(pipe) => Some(pipe),
+            Err(err) => {
+                self.back_off(id, RESOURCE_BACKOFF, "accept failed", &err);
+                None
+            }
+        }
+    }
+
+    /// Makes sure a pipe is ready before a connection or datagram is taken in.
+    pub(super) fn prepare_pipe(&mut self, id: ServiceId) -> bool {
+        if self.children.spare_pipe.is_none() {
+            self.children.spare_pipe = self.take_pipe(id);
+        }
+        self.children.spare_pipe.is_some()
+    }
+
+    /// Starts a handler for `slot` with `stdio` and its output `pipe`; records it and watches
+    /// its output. None if it could not be started: the slot is given back and the service
+    /// backs off.
+    pub(super) fn start_handler(
+        &mut self,
+        slot: Slot,
+        pipe: OutputPipe,
+        stdio: Stdio,
+        vars: &[(&str, String)],
+        role: Role,
+    ) -> Option<Pid> {
+        let id = slot.service();
+        let Some(entry) = self.table.get(id) else {
+            let _ = self.table.release(slot);
+            return None;
+        };
+        let label = entry.service.label.clone();
+        let timeout = entry.service.limits.timeout;
+        let spawned = entry
+            .service
+            .exec_plan()
+            .ok_or_else(|| io::Error::other("not a handler service"))
+            .and_then(|plan| self.children.spawner.spawn(plan, stdio, vars, pipe));
+        let spawned = match spawned {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                self.table.spawn_failed(id);
+                self.back_off(id, FORK_BACKOFF, "fork failed", &err);
+                if let Some(runnable) = self.table.release(slot) {
+                    self.wake(runnable);
+                }
+                return None;
+            }
+        };
+        if let Some(failures) = self.table.spawned(id) {
+            info!("{label}: spawn recovered failures={failures}");
+        }
+        let now = Instant::now();
+        let pid = spawned.pid;
+        let output = self.watch_output(label, pid, spawned.output);
+        let deadline = timeout.map(|timeout| {
+            let timer = Timer::Timeout {
+                pid: pid.as_raw(),
+                started: now,
+            };
+            self.timers.schedule(now + timeout, timer)
+        });
+        let child = Child {
+            service: id,
+            slot,
+            started: now,
+            role,
+            output,
+            deadline,
+        };
+        self.children.running.insert(pid, child);
+        Some(pid)
+    }
+
+    fn watch_output(&mut self, label: String, pid: Pid, output: OwnedFd) -> Option<Token> {
+        let token = self.tokens.next(SourceKind::Output);
+        match self.register(&output, token, Interest::READABLE) {
+            Ok(()) => {
+                let output = Output {
+                    label,
+                    pid,
+                    pipe: File::from(output),
+                    partial: Vec::new(),
+                };
+                self.children.outputs.insert(token, output);
+                Some(token)
+            }
+            Err(err) => {
+                warn!("{label}: cannot watch the output of pid={pid} error={err}");
+                None
+            }
+        }
+    }
+
+    /// Logs each complete line of a handler's output; at end of file, the rest, then forgets it.
+    /// A turn reads at most OUTPUT_TURN bytes, so a handler flooding its stderr cannot hold the
+    /// loop; with `closing` (its handler has exited) the pipe is closed after that turn whatever
+    /// is left, so a grandchild keeping it open pins no descriptor of rinetd's.
+    pub(super) fn read_output(&mut self, token: Token, closing: bool) {
+        let Some(output) = self.children.outputs.get_mut(&token) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let mut budget = OUTPUT_TURN;
+        let finished = loop {
+            if budget == 0 {
+                break closing;
+            }
+            match output.pipe.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    output.partial.extend_from_slice(&buf[..n]);
+                    while let Some(end) = output.partial.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = output.partial.drain(..=end).collect();
+                        log_output_line(output, &line[..end]);
+                    }
+                    if output.partial.len() > MAX_LINE {
+                        let line = std::mem::take(&mut output.partial);
+                        log_output_line(output, &line);
+                    }
+                }
+                Err(err) if would_block(&err) => break closing,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break true,
+            }
+        };
+        if budget == 0 && !finished {
+            self.runnable.push_back(token);
+        }
+        if finished {
+            if !output.partial.is_empty() {
+                let line = std::mem::take(&mut output.partial);
+                log_output_line(output, &line);
+            }
+            if let Some(output) = self.children.outputs.remove(&token) {
+                self.deregister(&output.pipe);
+            }
+        }
+    }
+
+    /// Reaps every handler that has exited (SIGCHLD coalesces: one signal may stand for many).
+    pub(super) fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(status) => {
+                    if let Some((pid, status)) = describe(status) {
+                        self.child_exited(pid, &status);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(err) => {
+                    warn!("waitpid error={err}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn child_exited(&mut self, pid: Pid, status: &str) {
+        // Not ours (an orphan adopted as init of a pid namespace, say): nothing to do.
+        let Some(child) = self.children.running.remove(&pid) else {
+            return;
+        };
+        if let Some(deadline) = child.deadline {
+            self.timers.cancel(deadline);
+        }
+        let lived = child.started.elapsed();
+        let id = child.service;
+        if let Some(entry) = self.table.get(id) {
+            info!(
+                "{}: exited pid={pid} status={status} duration={}",
+                entry.label(),
+                seconds(lived)
+            );
+        }
+        if let Some(output) = child.output {
+            self.read_output(output, true);
+        }
+        match child.role {
+            Role::Connection => {}
+            Role::Wait { listener, trigger } => self.wait_ended(listener, trigger, lived),
+            Role::Datagram { reply } => self.send_reply(reply),
+        }
+        if let Some(runnable) = self.table.release(child.slot) {
+            self.wake(runnable);
+        }
+        // A datagram or wait service may have input waiting that no new event will announce
+        // (and a reload may have made a wait service's socket a nowait one meanwhile).
+        if self
+            .table
+            .get(id)
+            .is_some_and(|e| e.kind != Kind::StreamExec)
+        {
+            self.wake(id);
+        }
+    }
+
+    /// A handler has run for its `timeout`: SIGTERM to its group, SIGKILL planned.
+    pub(super) fn terminate(&mut self, pid: Pid, started: Instant, now: Instant) {
+        let Some(child) = self.children.running.get(&pid) else {
+            return;
+        };
+        if child.started != started {
+            return;
+        }
+        if let Some(entry) = self.table.get(child.service) {
+            warn!("{}: timeout pid={pid} signal=SIGTERM", entry.label());
+        }
+        let _ = killpg(pid, Signal::SIGTERM);
+        let kill = Timer::Kill {
+            pid: pid.as_raw(),
+            started,
+        };
+        let deadline = self.timers.schedule(now + KILL_GRACE, kill);
+        if let Some(child) = self.children.running.get_mut(&pid) {
+            child.deadline = Some(deadline);
+        }
+    }
+
+    /// SIGKILL for a timed-out handler's group, only while the handler is not reaped (see the
+    /// module's note). Once it has been reaped the pid may lead an unrelated group (pids wrap
+    /// in seconds under load), so whatever it left in its group is not signalled.
+    pub(super) fn kill_group(&mut self, pid: Pid, started: Instant) {
+        let Some(child) = self.children.running.get(&pid) else {
+            return;
+        };
+        if child.started != started {
+            return;
+        }
+        let label = self.table.get(child.service).map(|e| e.label().to_string());
+        if killpg(pid, Signal::SIGKILL).is_ok()
+            && let Some(label) = label
+        {
+            warn!("{label}: timeout pid={pid} signal=SIGKILL");
+        }
+    }
+}
+
+fn log_output_line(output: &Output, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.strip_suffix('\r').unwrap_or(&text);
+    match text.strip_prefix(REPORT_PREFIX) {
+        Some(reason) => warn!(
+            "{}: spawn failed pid={} error={reason}",
+            output.label, output.pid
+        ),
+        None => info!("{}: stderr pid={} line={text}", output.label, output.pid),
+    }
+}

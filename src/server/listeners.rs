@@ -1,0 +1,350 @@
+//! Listening sockets by token: binding (or adopting one rinetd was socket-activated with),
+//! registering with the poll, the settings a kept socket takes on reload, closing, and which
+//! `wait: true` handler holds one now.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use nix::unistd::Pid;
+use socket2::Socket;
+
+use log::{info, warn};
+
+use super::table::ServiceId;
+use super::{Server, Timer};
+use crate::bind::{bind_tcp, bind_udp, bind_unix, local_address};
+use crate::config::Protocol;
+use crate::service::{Endpoint, Kind, Service};
+
+/// A bound socket: stream (tcp, unix) or datagram (udp).
+pub enum Bound {
+    Stream(Socket),
+    Datagram(UdpSocket),
+}
+
+impl AsRawFd for Bound {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Bound::Stream(socket) => socket.as_raw_fd(),
+            Bound::Datagram(socket) => socket.as_raw_fd(),
+        }
+    }
+}
+
+impl Bound {
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Bound::Stream(socket) => socket.set_nonblocking(on),
+            Bound::Datagram(socket) => socket.set_nonblocking(on),
+        }
+    }
+}
+
+pub struct Listener {
+    pub service: ServiceId,
+    pub endpoint: Endpoint,
+    socket: Option<Bound>,
+    /// The IP address really bound (port 0 resolved), once bound.
+    bound: Option<SocketAddr>,
+    /// A bind failed and a retry is scheduled (so a reload does not start a second one).
+    pub retrying: bool,
+    /// Passed in by a service manager (LISTEN_FDS): its socket file is not rinetd's to remove.
+    inherited: bool,
+    /// The `wait: true` handler holding this socket (shared, and blocking) now. It belongs to
+    /// the socket, not the service, so that a reload moving the socket to another service
+    /// cannot let that service read from it meanwhile.
+    pub held_by: Option<Pid>,
+}
+
+impl Listener {
+    /// Its address for the log: as bound (an ephemeral port resolved), else as configured.
+    pub fn shown(&self) -> String {
+        self.bound
+            .map_or_else(|| self.endpoint.to_string(), |a| a.to_string())
+    }
+
+    pub fn bound(&self) -> Option<SocketAddr> {
+        self.bound
+    }
+
+    pub fn socket(&self) -> Option<&Bound> {
+        self.socket.as_ref()
+    }
+
+    pub fn is_inherited(&self) -> bool {
+        self.inherited
+    }
+
+    /// The listening socket to accept from, unless a `wait: true` handler holds it.
+    pub fn stream(&self) -> Option<&Socket> {
+        match (&self.socket, self.held_by) {
+            (Some(Bound::Stream(socket)), None) => Some(socket),
+            _ => None,
+        }
+    }
+
+    /// The datagram socket to read, unless a `wait: true` handler holds it.
+    pub fn datagram(&self) -> Option<&UdpSocket> {
+        match (&self.socket, self.held_by) {
+            (Some(Bound::Datagram(socket)), None) => Some(socket),
+            _ => None,
+        }
+    }
+}
+
+pub struct Listeners {
+    by_token: HashMap<Token, Listener>,
+    /// Sockets rinetd itself was socket-activated with, until a listener claims them.
+    inherited: Vec<Socket>,
+}
+
+impl Listeners {
+    pub fn new(inherited: Vec<Socket>) -> Listeners {
+        Listeners {
+            by_token: HashMap::new(),
+            inherited,
+        }
+    }
+
+    /// A listener of `service` at `endpoint`, still to be bound.
+    pub fn add(&mut self, token: Token, service: ServiceId, endpoint: Endpoint) {
+        let listener = Listener {
+            service,
+            endpoint,
+            socket: None,
+            bound: None,
+            retrying: false,
+            inherited: false,
+            held_by: None,
+        };
+        self.by_token.insert(token, listener);
+    }
+
+    pub fn get(&self, token: Token) -> Option<&Listener> {
+        self.by_token.get(&token)
+    }
+
+    pub fn get_mut(&mut self, token: Token) -> Option<&mut Listener> {
+        self.by_token.get_mut(&token)
+    }
+
+    pub fn tokens(&self) -> Vec<Token> {
+        self.by_token.keys().copied().collect()
+    }
+
+    pub fn bound_count(&self) -> usize {
+        self.by_token
+            .values()
+            .filter(|l| l.socket.is_some())
+            .count()
+    }
+
+    /// Binds listener `token` for `service` (or takes the matching inherited socket) and
+    /// registers it. On failure the listener stays unbound.
+    pub fn bind(&mut self, token: Token, service: &Service, registry: &Registry) -> io::Result<()> {
+        let Some(listener) = self.by_token.get_mut(&token) else {
+            return Ok(());
+        };
+        let datagram = service.protocol == Protocol::Udp;
+        let options = &service.socket;
+        let inherited = take_inherited(&mut self.inherited, &listener.endpoint, datagram);
+        let is_inherited = inherited.is_some();
+        let socket = match (inherited, &listener.endpoint) {
+            (Some(socket), _) => socket.set_nonblocking(true).map(|()| socket),
+            (None, Endpoint::Ip(address)) if datagram => bind_udp(*address),
+            (None, Endpoint::Ip(address)) => bind_tcp(*address, options.backlog),
+            (None, Endpoint::Unix(path)) => {
+                bind_unix(path, options.unix_mode.unwrap_or(0o666), options.backlog)
+            }
+        }?;
+        let bound = match listener.endpoint {
+            Endpoint::Ip(_) => Some(local_address(&socket)?),
+            Endpoint::Unix(_) => None,
+        };
+        let socket = if datagram {
+            if service.kind() == Kind::Wait {
+                stamp_arrivals(&socket)?;
+            }
+            Bound::Datagram(socket.into())
+        } else {
+            Bound::Stream(socket)
+        };
+        registry.register(
+            &mut SourceFd(&socket.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )?;
+        listener.socket = Some(socket);
+        listener.bound = bound;
+        listener.inherited = is_inherited;
+        listener.retrying = false;
+        Ok(())
+    }
+
+    /// Closes listener `token` and forgets it; a UNIX socket file rinetd made is removed.
+    pub fn close(&mut self, token: Token, registry: &Registry) {
+        let Some(listener) = self.by_token.remove(&token) else {
+            return;
+        };
+        if let Some(socket) = &listener.socket {
+            let _ = registry.deregister(&mut SourceFd(&socket.as_raw_fd()));
+            if let (Endpoint::Unix(path), false) = (&listener.endpoint, listener.inherited) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    pub fn close_all(&mut self, registry: &Registry) {
+        for token in self.tokens() {
+            self.close(token, registry);
+        }
+    }
+
+    /// Drops a socket that can no longer be trusted (it could not be made non-blocking again
+    /// after a `wait: true` handler): the listener is unbound, for a bind retry.
+    pub fn unbind(&mut self, token: Token, registry: &Registry) {
+        if let Some(listener) = self.by_token.get_mut(&token)
+            && let Some(socket) = listener.socket.take()
+        {
+            let _ = registry.deregister(&mut SourceFd(&socket.as_raw_fd()));
+            listener.bound = None;
+        }
+    }
+
+    /// A kept socket takes the settings that can change without re-binding it: the backlog
+    /// (listen(2) again only updates it), a UNIX socket's mode, and arrival time stamps for a
+    /// datagram socket that has become `wait: true`. Returns what failed, for the log.
+    pub fn refresh(&self, token: Token, service: &Service) -> Vec<String> {
+        let mut failures = Vec::new();
+        let Some(listener) = self.by_token.get(&token) else {
+            return failures;
+        };
+        match &listener.socket {
+            Some(Bound::Stream(socket)) => {
+                let backlog = service.socket.backlog.min(i32::MAX as u32) as i32;
+                if let Err(err) = socket.listen(backlog) {
+                    failures.push(format!("backlog not updated error={err}"));
+                }
+            }
+            Some(Bound::Datagram(socket)) if service.kind() == Kind::Wait => {
+                if let Err(err) = stamp_arrivals(socket) {
+                    failures.push(format!("cannot time-stamp datagrams error={err}"));
+                }
+            }
+            _ => {}
+        }
+        if let (Endpoint::Unix(path), Some(mode), Some(_)) = (
+            &listener.endpoint,
+            service.socket.unix_mode,
+            &listener.socket,
+        ) {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(err) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            {
+                failures.push(format!("socket_mode not applied error={err}"));
+            }
+        }
+        failures
+    }
+
+    /// The inherited sockets no listener claimed, closed; their addresses, for the log.
+    pub fn close_unclaimed(&mut self) -> Vec<String> {
+        self.inherited
+            .drain(..)
+            .map(|socket| {
+                socket.local_addr().ok().map_or_else(
+                    || "(unknown)".to_string(),
+                    |a| match (a.as_socket(), a.as_pathname()) {
+                        (Some(ip), _) => ip.to_string(),
+                        (None, Some(path)) => path.display().to_string(),
+                        (None, None) => "(unnamed)".to_string(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// Between two attempts to bind a socket that could not be bound.
+const BIND_RETRY: Duration = Duration::from_secs(10);
+
+impl Server {
+    /// Binds listener `token`, or schedules a retry.
+    pub(super) fn bind(&mut self, token: Token) {
+        let Some(id) = self.listeners.get(token).map(|l| l.service) else {
+            return;
+        };
+        let Some(entry) = self.table.get(id) else {
+            return;
+        };
+        match self
+            .listeners
+            .bind(token, &entry.service, self.poll.registry())
+        {
+            Ok(()) => {
+                if let Some(listener) = self.listeners.get(token) {
+                    let how = if listener.is_inherited() {
+                        " inherited"
+                    } else {
+                        ""
+                    };
+                    info!(
+                        "{}: listening address={}{how}",
+                        entry.label(),
+                        listener.shown()
+                    );
+                }
+                // Clients may have queued while the port was being retried.
+                self.runnable.push_back(token);
+            }
+            Err(err) => {
+                if let Some(listener) = self.listeners.get_mut(token) {
+                    warn!(
+                        "{}: bind failed address={} error={err} retry={}s",
+                        entry.label(),
+                        listener.endpoint,
+                        BIND_RETRY.as_secs()
+                    );
+                    listener.retrying = true;
+                    let at = Instant::now() + BIND_RETRY;
+                    self.timers.schedule(at, Timer::RetryBind(token));
+                }
+            }
+        }
+    }
+}
+
+/// Asks the kernel to time-stamp each datagram's arrival (see `wait::Fingerprint`).
+pub fn stamp_arrivals(socket: &impl std::os::fd::AsFd) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
+}
+
+/// Takes the inherited socket that is `endpoint` (same address or path, same type), if any.
+fn take_inherited(
+    inherited: &mut Vec<Socket>,
+    endpoint: &Endpoint,
+    datagram: bool,
+) -> Option<Socket> {
+    let wanted = if datagram {
+        socket2::Type::DGRAM
+    } else {
+        socket2::Type::STREAM
+    };
+    let position = inherited.iter().position(|socket| {
+        let Ok(local) = socket.local_addr() else {
+            return false;
+        };
+        let same_place = match endpoint {
+            Endpoint::Ip(address) => local.as_socket() == Some(*address),
+            Endpoint::Unix(path) => local.as_pathname() == Some(path.as_path()),
+        };
+        same_place && socket.r#type().ok() == Some(wanted)
+    })?;
+    Some(inherited.swap_remove(position))
+}

@@ -1,0 +1,62 @@
+//! The SIGUSR1 status dump: one line for the daemon, one per service (a retired one while
+//! handlers it started still run).
+
+use std::time::Instant;
+
+use log::info;
+
+use super::{Server, seconds};
+
+impl Server {
+    pub(super) fn status(&self) {
+        let shown: Vec<_> = self
+            .table
+            .entries()
+            .filter(|(_, entry)| !entry.is_retired() || entry.running() > 0)
+            .collect();
+        info!(
+            "status services={} handlers={}",
+            shown.len(),
+            self.children.len()
+        );
+        let now = Instant::now();
+        for (_, entry) in shown {
+            let listeners: Vec<_> = entry
+                .listeners
+                .iter()
+                .filter_map(|token| self.listeners.get(*token))
+                .collect();
+            let addresses: Vec<String> = listeners.iter().map(|l| l.shown()).collect();
+            let phase = if entry.is_retired() {
+                "retired".to_string()
+            } else if listeners.iter().all(|l| l.socket().is_none()) {
+                "failed".to_string()
+            } else if let Some(pid) = listeners.iter().find_map(|l| l.held_by) {
+                format!("waiting pid={pid}")
+            } else if let Some(pause) = entry.pause() {
+                format!(
+                    "paused for={}",
+                    seconds(pause.until.saturating_duration_since(now))
+                )
+            } else if entry.is_full() {
+                "paused reason=max_children".to_string()
+            } else {
+                "listening".to_string()
+            };
+            let refused: String = entry
+                .counters
+                .refused
+                .iter()
+                .map(|(reason, n)| format!(" refused_{}={n}", reason.as_str()))
+                .collect();
+            info!(
+                "{}: status state={phase} address={} running={} accepted={} spawn_failures={}{refused}",
+                entry.label(),
+                addresses.join(","),
+                entry.running(),
+                entry.counters.accepted,
+                entry.counters.spawn_failures,
+            );
+        }
+    }
+}

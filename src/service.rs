@@ -1,0 +1,229 @@
+//! The runtime service: what `resolve` makes of a checked table entry, and all the event loop
+//! knows about it. It carries no file, line or column (those stay in `config`), so two loads
+//! of the same settings compare equal wherever the entries were written.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::config::{Builtin, Protocol, RateLimit, Resource, StderrMode};
+
+/// A service ready to be bound and run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub protocol: Protocol,
+    /// `name/proto`, the prefix of every log line about this service.
+    pub label: String,
+    pub listen: Vec<Endpoint>,
+    pub socket: SocketOptions,
+    pub handler: Handler,
+    pub wait: bool,
+    pub proxy_protocol: bool,
+    pub limits: Limits,
+    pub access: Access,
+}
+
+/// Where a service listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Ip(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Ip(address) => write!(f, "{address}"),
+            Endpoint::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Settings of the listening socket and of the connections accepted from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOptions {
+    pub backlog: u32,
+    pub keepalive: bool,
+    /// A UNIX socket file's permissions.
+    pub unix_mode: Option<u32>,
+}
+
+/// What serves a connection or datagram.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handler {
+    Exec(ExecPlan),
+    Builtin(Builtin),
+}
+
+/// Everything the child needs to exec a handler that does not depend on the connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecPlan {
+    pub path: CString,
+    pub argv: Vec<CString>,
+    /// `NAME=value` entries fixed for the service, `pass_env` and `env` already applied.
+    pub fixed_env: Vec<CString>,
+    /// Names `env`/`pass_env` set, so the per-connection variables do not duplicate them.
+    pub overridden: BTreeSet<String>,
+    pub cwd: CString,
+    pub credentials: Option<Credentials>,
+    pub rlimits: Vec<(Resource, Option<u64>)>,
+    pub nice: i32,
+    pub umask: u32,
+    pub stderr: StderrMode,
+}
+
+/// The identity a handler switches to before exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// How much a service may take on. `None` is unlimited (the table's `0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_children: Option<NonZeroU32>,
+    pub per_source: Option<NonZeroU32>,
+    pub rate_limit: Option<RateLimit>,
+    pub timeout: Option<Duration>,
+}
+
+/// A count from the table where `0` means unlimited: the one place that rule is written.
+pub fn limit(count: u32) -> Option<NonZeroU32> {
+    NonZeroU32::new(count)
+}
+
+/// Who may connect.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Access {
+    pub only_from: Vec<IpNet>,
+    pub no_access: Vec<IpNet>,
+}
+
+/// Why a client is turned away; the name is the `reason=` of the log and the status dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    NoAccess,
+    OnlyFrom,
+    PerSource,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoAccess => "no_access",
+            Refusal::OnlyFrom => "only_from",
+            Refusal::PerSource => "per_source",
+        }
+    }
+}
+
+impl Access {
+    /// Why `client` is turned away by the access lists, if it is: `no_access` wins.
+    pub fn refusal(&self, client: IpAddr) -> Option<Refusal> {
+        if self.no_access.iter().any(|net| net.contains(&client)) {
+            return Some(Refusal::NoAccess);
+        }
+        let listed = self.only_from.iter().any(|net| net.contains(&client));
+        (!self.only_from.is_empty() && !listed).then_some(Refusal::OnlyFrom)
+    }
+}
+
+/// How a service is served, decided by its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// tcp/unix nowait: a handler process per connection.
+    StreamExec,
+    /// tcp: a builtin per connection, inside the loop.
+    StreamBuiltin(Builtin),
+    /// udp nowait: a handler process per datagram.
+    DatagramExec,
+    /// udp: a builtin answering each datagram.
+    DatagramBuiltin(Builtin),
+    /// tcp/unix/udp wait: the socket itself is handed to one handler at a time.
+    Wait,
+}
+
+impl Service {
+    pub fn kind(&self) -> Kind {
+        let stream = self.protocol != Protocol::Udp;
+        match (&self.handler, stream) {
+            (Handler::Builtin(builtin), true) => Kind::StreamBuiltin(*builtin),
+            (Handler::Builtin(builtin), false) => Kind::DatagramBuiltin(*builtin),
+            _ if self.wait => Kind::Wait,
+            (Handler::Exec(_), true) => Kind::StreamExec,
+            (Handler::Exec(_), false) => Kind::DatagramExec,
+        }
+    }
+
+    pub fn exec_plan(&self) -> Option<&ExecPlan> {
+        match &self.handler {
+            Handler::Exec(plan) => Some(plan),
+            Handler::Builtin(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Service {
+    /// A TCP echo builtin named `name` listening on `listen`, with the table's defaults.
+    pub fn example(name: &str, listen: &[&str]) -> Service {
+        Service {
+            name: name.to_string(),
+            protocol: Protocol::Tcp,
+            label: format!("{name}/tcp"),
+            listen: listen
+                .iter()
+                .map(|address| Endpoint::Ip(address.parse().expect("an address:port")))
+                .collect(),
+            socket: SocketOptions {
+                backlog: 1024,
+                keepalive: false,
+                unix_mode: None,
+            },
+            handler: Handler::Builtin(Builtin::Echo),
+            wait: false,
+            proxy_protocol: false,
+            limits: Limits {
+                max_children: limit(256),
+                per_source: None,
+                rate_limit: None,
+                timeout: None,
+            },
+            access: Access::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_access_wins_over_only_from_and_empty_lists_admit_everyone() {
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let open = Access::default();
+        assert_eq!(open.refusal(ip("192.0.2.1")), None);
+        let access = Access {
+            only_from: vec![net("192.0.2.0/24")],
+            no_access: vec![net("192.0.2.128/25")],
+        };
+        assert_eq!(access.refusal(ip("192.0.2.1")), None);
+        assert_eq!(access.refusal(ip("192.0.2.200")), Some(Refusal::NoAccess));
+        assert_eq!(access.refusal(ip("198.51.100.1")), Some(Refusal::OnlyFrom));
+    }
+
+    #[test]
+    fn zero_is_unlimited() {
+        assert_eq!(limit(0), None);
+        assert_eq!(limit(3).map(NonZeroU32::get), Some(3));
+    }
+}
