@@ -8,6 +8,7 @@ mod cli;
 mod config_errors;
 mod daemonize;
 mod datagrams;
+mod debian_stock;
 mod environment;
 mod includes;
 mod lifecycle;
