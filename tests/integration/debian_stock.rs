@@ -81,7 +81,7 @@ fn this_year() -> String {
         .to_string()
 }
 
-/// The stock lines are commented out (`#echo	stream	tcp	nowait	root	internal`): uncomment
+/// The stock lines are commented out (`#echo stream tcp nowait root internal`): uncomment
 /// the service lines, keep the other comments.
 fn enable_stock_lines(conf: &str) -> String {
     conf.lines()
