@@ -164,6 +164,16 @@ impl Reader<'_> {
             }
             return;
         }
+        if fields.len() < 6 {
+            self.translation.errors.push(format!(
+                "{}:{}:{}: expected at least 6 fields (service, socket type, protocol, wait/nowait, user, server program), found {}",
+                self.file,
+                first.line,
+                first.column,
+                fields.len()
+            ));
+            return;
+        }
         match self.service(fields) {
             Ok(service) => self.translation.doc.services.push(service),
             Err((field, Problem::Syntax(message))) => {
@@ -194,15 +204,6 @@ impl Reader<'_> {
 
     /// The service an entry describes, or the index of the field at fault and why.
     fn service(&mut self, fields: &[Field<'_>]) -> Result<ServiceDoc, (usize, Problem)> {
-        if fields.len() < 6 {
-            return Err((
-                fields.len().saturating_sub(1),
-                Problem::Syntax(format!(
-                    "expected at least 6 fields (service, socket type, protocol, wait/nowait, user, server program), found {}",
-                    fields.len()
-                )),
-            ));
-        }
         let syntax = |index: usize, message: String| (index, Problem::Syntax(message));
         let unsupported = |index: usize, message: String| (index, Problem::Unsupported(message));
 
@@ -717,7 +718,10 @@ mod tests {
             "echo stream tcp nowait root\nx stream tcpx nowait root /bin/cat\ny stream tcp sometimes root /bin/cat\nz dgram tcp nowait root /bin/cat\nw stream tcp nowait.x root /bin/cat\n",
         );
         assert_eq!(e.len(), 5, "{e:?}");
-        assert!(e[0].starts_with("inetd.conf:1:"), "{e:?}");
+        assert!(
+            e[0].starts_with("inetd.conf:1:1: expected at least 6"),
+            "{e:?}"
+        );
         assert!(e[0].contains("at least 6 fields"), "{e:?}");
         assert!(
             e[1].starts_with("inetd.conf:2:10: protocol field: \"tcpx\""),

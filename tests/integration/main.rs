@@ -11,6 +11,7 @@ mod datagrams;
 mod debian_stock;
 mod environment;
 mod includes;
+mod inetd_format;
 mod lifecycle;
 mod limits;
 mod privileges;
