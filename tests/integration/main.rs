@@ -6,6 +6,7 @@ mod harness;
 mod builtins;
 mod cli;
 mod config_errors;
+mod convert;
 mod daemonize;
 mod datagrams;
 mod debian_stock;
