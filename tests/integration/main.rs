@@ -15,6 +15,7 @@ mod includes;
 mod inetd_format;
 mod lifecycle;
 mod limits;
+mod packaging;
 mod privileges;
 mod proxy_protocol;
 mod recovery;
