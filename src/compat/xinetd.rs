@@ -231,10 +231,14 @@ fn effective(attrs: &[Attr], base: &Effective) -> Effective {
                 values.extend(attr.values.iter().cloned());
                 values
             }
-            Op::Remove => previous
-                .into_iter()
-                .filter(|value| !attr.values.contains(value))
-                .collect(),
+            Op::Remove => {
+                // A set, so that a long list minus a long list stays linear.
+                let removed: HashSet<&String> = attr.values.iter().collect();
+                previous
+                    .into_iter()
+                    .filter(|value| !removed.contains(value))
+                    .collect()
+            }
         };
         own.insert(attr.name.clone(), (values, attr.origin.clone()));
     }

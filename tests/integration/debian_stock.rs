@@ -55,16 +55,21 @@ pub fn stock_inetd_conf(package: &Path) -> String {
     format!("{}\n", &body[..end])
 }
 
-/// A tool the test runs as a client, or None with the reason printed.
-fn tool(name: &str) -> Option<()> {
+/// Whether `tool` is on PATH; prints why the test skips when it is not.
+pub fn have_tool(tool: &str) -> bool {
     let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
+        .args(["-c", &format!("command -v {tool}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        eprintln!("skipped: {name} is not installed (make deps installs it)");
+        eprintln!("skipped: {tool} is not installed (make deps installs it)");
     }
-    found.then_some(())
+    found
+}
+
+/// A client tool the test runs, as an Option for `let … else`.
+fn tool(name: &str) -> Option<()> {
+    have_tool(name).then_some(())
 }
 
 fn sh(script: &str) -> Output {

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::debian_stock::have_tool as have;
 use crate::harness::{TestDir, all_output, rinetd};
 
 fn make(args: &[&str]) -> Output {
@@ -18,18 +19,6 @@ fn make(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run make")
-}
-
-/// Whether `tool` is on PATH; prints why the test skips when it is not.
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("skipped: {tool} is not installed (make deps installs it)");
-    }
-    found
 }
 
 /// `man -l PAGE` formats the page without a warning.
