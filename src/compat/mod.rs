@@ -70,15 +70,15 @@ pub fn looks_like(text: &str) -> Option<Detected> {
     (inetd_lines > 0).then_some(Detected::Inetd)
 }
 
-/// The sentence added to a YAML syntax error when the file is really another format.
-pub fn hint_for_unparsable(text: &str) -> Option<&'static str> {
+/// The sentence added to a YAML syntax error in `file` when it is really another format.
+pub fn hint_for_unparsable(file: &str, text: &str) -> Option<String> {
     match looks_like(text)? {
-        Detected::Inetd => Some(
-            "this looks like an inetd.conf: run it with `rinetd --format inetd -c FILE`, or turn it into YAML with `rinetd convert FILE`",
-        ),
-        Detected::Xinetd => Some(
-            "this looks like an xinetd configuration: turn it into YAML with `rinetd convert FILE`",
-        ),
+        Detected::Inetd => Some(format!(
+            "this looks like an inetd.conf: run it with `rinetd --format inetd -c {file}`, or turn it into YAML with `rinetd convert {file}`"
+        )),
+        Detected::Xinetd => Some(format!(
+            "this looks like an xinetd configuration: turn it into YAML with `rinetd convert {file}`"
+        )),
     }
 }
 

@@ -152,7 +152,7 @@ fn syntax_error(file: &str, text: &str, err: &serde_saphyr::Error) -> ConfigErro
         .map_or(raw_message.as_str(), |(head, _)| head)
         .to_string();
     let service = pos.and_then(|pos| service_at(text, pos.line));
-    let message = if let Some(hint) = crate::compat::hint_for_unparsable(text) {
+    let message = if let Some(hint) = crate::compat::hint_for_unparsable(file, text) {
         format!("{message}; {hint}")
     } else if let Some(rest) = message.strip_prefix("unknown field ") {
         unknown_key_message(rest)

@@ -166,7 +166,10 @@ fn an_xinetd_file_given_as_a_table_gets_the_convert_hint() {
         text.contains("looks like an xinetd configuration"),
         "{text}"
     );
-    assert!(text.contains("rinetd convert"), "{text}");
+    assert!(
+        text.contains(&format!("`rinetd convert {}`", config.display())),
+        "{text}"
+    );
 }
 
 #[test]
