@@ -1,9 +1,43 @@
-# rinetd — `make run` serves the sample table in the foreground; `make test` checks everything.
+# rinetd — `make run` serves the sample table in the foreground; `make test` checks everything;
+# `make install` / `make uninstall` (PREFIX, DESTDIR); `make deb` builds a Debian package.
 CARGO ?= cargo
 ETC := $(CURDIR)/etc
 RUN_CONF := $(CURDIR)/target/rinetd-run.conf
 
-.PHONY: all build release run test check deps fmt clippy bench clean
+# Where `make install` puts things: PREFIX=/usr for a distribution, DESTDIR to stage.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SBINDIR ?= $(PREFIX)/sbin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+DOCDIR ?= $(DATADIR)/doc/rinetd
+SYSCONFDIR ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+# Empty: the OpenRC script goes to the examples only.
+OPENRCDIR ?= $(SYSCONFDIR)/init.d
+# The binary to install; `make install BIN=path` installs one built elsewhere (the tests do).
+BIN ?= target/release/rinetd
+ifeq ($(BIN),target/release/rinetd)
+BUILD_FIRST := build
+endif
+
+# The Debian package. Debian's "rinetd" is a different program (a TCP redirector) with the
+# same paths: this package has its own name and conflicts with it.
+DEB_PACKAGE := rinetd-superserver
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DEB_VERSION ?= $(VERSION)-1
+DEB_OUT ?= target/deb
+MAINTAINER ?= rinetd developers <rinetd@example.org>
+DEB_DATE := $(shell git log -1 --format=%aD 2>/dev/null || date -R)
+
+# The installed unit and OpenRC files name the installed binary and table.
+INSTALL_PATHS := sed -e 's\#/usr/sbin/rinetd\#$(SBINDIR)/rinetd\#g' -e 's\#/etc/rinetd.conf\#$(SYSCONFDIR)/rinetd.conf\#g'
+EXAMPLES := $(DOCDIR)/examples
+
+.PHONY: all build release run test check deps fmt clippy bench clean install uninstall deb
 
 all: build
 
@@ -31,21 +65,78 @@ clippy:
 check: fmt clippy
 
 # Tools the integration tests run besides rinetd: python3 handlers (run with rinetd's fixed
-# PATH, so it must be /usr/bin/python3) and util-linux's prlimit, setpriv and unshare.
+# PATH, so it must be /usr/bin/python3) and util-linux's prlimit, setpriv and unshare; the
+# compatibility tests' clients (netcat-openbsd, rdate), man (man-db, groff-base) and the
+# package tools (dpkg-dev's objdump comes from binutils, lintian); and Debian's stock inetd and
+# xinetd files, unpacked under target/ by tests/debian-stock.sh.
 deps:
 	@missing=""; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
 	for tool in prlimit setpriv unshare; do command -v $$tool >/dev/null || missing="$$missing util-linux"; done; \
+	command -v nc >/dev/null || missing="$$missing netcat-openbsd"; \
+	command -v rdate >/dev/null || missing="$$missing rdate"; \
+	command -v man >/dev/null || missing="$$missing man-db"; \
+	command -v groff >/dev/null || missing="$$missing groff-base"; \
+	command -v objdump >/dev/null || missing="$$missing binutils"; \
+	command -v lintian >/dev/null || missing="$$missing lintian"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	sh tests/debian-stock.sh target/debian-stock
 
 test: check deps
 	$(CARGO) test --all-targets
 
 clean:
 	$(CARGO) clean
+
+install: $(BUILD_FIRST)
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
+		$(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(EXAMPLES)/handlers $(DESTDIR)$(SYSCONFDIR)
+	install -m 755 $(BIN) $(DESTDIR)$(SBINDIR)/rinetd
+	install -m 644 man/rinetd.8 $(DESTDIR)$(MANDIR)/man8/rinetd.8
+	install -m 644 man/rinetd.conf.5 $(DESTDIR)$(MANDIR)/man5/rinetd.conf.5
+	# Completions come from the command-line definition itself (clap_complete).
+	$(BIN) completions bash > $(DESTDIR)$(BASHCOMPDIR)/rinetd
+	$(BIN) completions zsh > $(DESTDIR)$(ZSHCOMPDIR)/_rinetd
+	$(BIN) completions fish > $(DESTDIR)$(FISHCOMPDIR)/rinetd.fish
+	chmod 644 $(DESTDIR)$(BASHCOMPDIR)/rinetd $(DESTDIR)$(ZSHCOMPDIR)/_rinetd $(DESTDIR)$(FISHCOMPDIR)/rinetd.fish
+	$(INSTALL_PATHS) etc/rinetd.service > $(DESTDIR)$(SYSTEMDUNITDIR)/rinetd.service
+	install -m 644 etc/rinetd.socket $(DESTDIR)$(SYSTEMDUNITDIR)/rinetd.socket
+	chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/rinetd.service
+	$(INSTALL_PATHS) etc/rinetd.openrc > $(DESTDIR)$(EXAMPLES)/rinetd.openrc
+	if [ -n "$(OPENRCDIR)" ]; then install -d $(DESTDIR)$(OPENRCDIR) && \
+		install -m 755 $(DESTDIR)$(EXAMPLES)/rinetd.openrc $(DESTDIR)$(OPENRCDIR)/rinetd; fi
+	chmod 644 $(DESTDIR)$(EXAMPLES)/rinetd.openrc
+	install -m 755 etc/handlers/*.sh $(DESTDIR)$(EXAMPLES)/handlers/
+	sed 's#@ETC@#$(EXAMPLES)#g' etc/rinetd.conf > $(DESTDIR)$(EXAMPLES)/rinetd.conf
+	chmod 644 $(DESTDIR)$(EXAMPLES)/rinetd.conf
+	install -m 644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
+	# An edited table is never overwritten.
+	if [ -e $(DESTDIR)$(SYSCONFDIR)/rinetd.conf ]; then \
+		echo "kept the existing $(DESTDIR)$(SYSCONFDIR)/rinetd.conf"; \
+	else install -m 644 etc/rinetd.conf.default $(DESTDIR)$(SYSCONFDIR)/rinetd.conf; fi
+
+# Removes what `install` put there, except the table (it may hold the operator's edits).
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/rinetd $(DESTDIR)$(MANDIR)/man8/rinetd.8 \
+		$(DESTDIR)$(MANDIR)/man5/rinetd.conf.5 $(DESTDIR)$(BASHCOMPDIR)/rinetd \
+		$(DESTDIR)$(ZSHCOMPDIR)/_rinetd $(DESTDIR)$(FISHCOMPDIR)/rinetd.fish \
+		$(DESTDIR)$(SYSTEMDUNITDIR)/rinetd.service $(DESTDIR)$(SYSTEMDUNITDIR)/rinetd.socket
+	if [ -n "$(OPENRCDIR)" ]; then rm -f $(DESTDIR)$(OPENRCDIR)/rinetd; fi
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/rinetd.conf"
+
+# A Debian package of the release build, checked by lintian in the tests.
+deb: $(BUILD_FIRST)
+	rm -rf $(DEB_OUT)/root
+	$(MAKE) install DESTDIR=$(abspath $(DEB_OUT)/root) PREFIX=/usr BIN=$(BIN) \
+		SYSTEMDUNITDIR=/lib/systemd/system ZSHCOMPDIR=/usr/share/zsh/vendor-completions \
+		OPENRCDIR= DOCDIR=/usr/share/doc/$(DEB_PACKAGE)
+	packaging/debian/build-deb.sh $(DEB_OUT)/root $(DEB_OUT) $(DEB_PACKAGE) $(DEB_VERSION) \
+		"$(MAINTAINER)" "$(DEB_DATE)"
 
 # Side by side with forkserver (the floor), tcpserver, xinetd, openbsd-inetd and socat.
 bench: build

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogTarget {
@@ -19,7 +19,12 @@ pub enum Format {
 /// An inetd-style superserver: binds the services of a YAML table and runs a handler per
 /// connection.
 #[derive(Debug, Parser)]
-#[command(name = "rinetd", version, about)]
+#[command(
+    name = "rinetd",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// The service table [default: $RINETD_CONFIG, else /etc/rinetd.conf]
     #[arg(short = 'c', long = "config", value_name = "PATH")]
@@ -52,4 +57,34 @@ pub struct Cli {
     /// The table's format
     #[arg(long = "format", value_enum, default_value = "yaml")]
     pub format: Format,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands other than serving a table.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print an inetd.conf or xinetd configuration as a rinetd YAML table
+    Convert {
+        /// The format of FILE [default: told from its contents]
+        #[arg(long = "from", value_enum, value_name = "FORMAT")]
+        from: Option<SourceFormat>,
+        /// An inetd.conf, an xinetd.conf, or an xinetd.d file or folder
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the completion script for SHELL (used by `make install`)
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The formats `convert` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceFormat {
+    Inetd,
+    Xinetd,
 }

@@ -4,6 +4,7 @@
 mod bind;
 mod builtin;
 mod cli;
+mod compat;
 mod config;
 // Detaching forks, and sockets handed over by a service manager become owned descriptors.
 #[allow(unsafe_code)]
@@ -26,14 +27,15 @@ mod signals;
 mod spawn;
 
 use std::cell::RefCell;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use log::{LevelFilter, error, warn};
 
-use crate::cli::{Cli, Format, LogTarget};
+use crate::cli::{Cli, Command, Format, LogTarget, SourceFormat};
 use crate::logging::Target;
 use crate::resolve::Host;
 use crate::service::Service;
@@ -52,15 +54,29 @@ fn config_path(cli: &Cli) -> PathBuf {
 /// Reads, parses and resolves the table: the services and warnings, or every error as a line.
 fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>), Vec<String>> {
     let shown = path.display().to_string();
-    if format == Format::Inetd {
-        return Err(vec![format!(
-            "{shown}: --format inetd is not supported yet"
-        )]);
-    }
     let host = Host::current();
     let text = resolve::read_config(path, &host).map_err(|err| vec![err])?;
+    // An inetd.conf becomes YAML text that goes through the very same checks; what they say
+    // about the generated lines is pointed back at the inetd.conf's lines and fields.
+    let (text, line_map, left_out) = match format {
+        Format::Yaml => (text, None, Vec::new()),
+        Format::Inetd => {
+            let (yaml, map, left_out) = compat::inetd_as_yaml(&shown, &text)?;
+            (yaml, Some(map), left_out)
+        }
+    };
+    let relocate = |text: String| match &line_map {
+        Some(map) => map.relocate_text(&text),
+        None => text,
+    };
     let render = |errors: Vec<config::ConfigError>| -> Vec<String> {
-        errors.iter().map(ToString::to_string).collect()
+        errors
+            .iter()
+            .map(|error| match &line_map {
+                Some(map) => map.relocate(error),
+                None => error.to_string(),
+            })
+            .collect()
     };
     let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
     let mut read_included = |pattern: &str| -> Result<Vec<(String, String)>, String> {
@@ -75,7 +91,13 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
     let (table, mut errors) = config::parse_partial(&shown, &text, &mut read_included);
     match resolve::resolve(&table, &host) {
         Ok(_) if !errors.is_empty() => Err(render(errors)),
-        Ok((services, warnings)) => Ok((services, table.services.len(), warnings)),
+        Ok((services, warnings)) => {
+            let warnings = left_out
+                .into_iter()
+                .chain(warnings.into_iter().map(relocate))
+                .collect();
+            Ok((services, table.services.len(), warnings))
+        }
         Err(more) => {
             errors.extend(more);
             Err(render(errors))
@@ -85,6 +107,9 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        return run_command(command);
+    }
     daemon::ensure_standard_fds();
     daemon::close_inherited_on_exec();
     let given = config_path(&cli);
@@ -182,6 +207,40 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail_start(&readiness, &message),
+    }
+}
+
+/// `convert` and `completions`: print to stdout, exit.
+fn run_command(command: &Command) -> ExitCode {
+    let output = match command {
+        Command::Convert { from, file } => {
+            let from = from.map(|from| match from {
+                SourceFormat::Inetd => compat::Detected::Inetd,
+                SourceFormat::Xinetd => compat::Detected::Xinetd,
+            });
+            match compat::convert(file, from) {
+                Ok((yaml, warnings)) => {
+                    for warning in warnings {
+                        eprintln!("rinetd: warning: {warning}");
+                    }
+                    yaml.into_bytes()
+                }
+                Err(errors) => return config_failure(&errors),
+            }
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "rinetd", &mut script);
+            script
+        }
+    };
+    // Written whole, and a closed pipe is an error to report, not a panic.
+    match std::io::stdout().lock().write_all(&output) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rinetd: writing the output: {err}");
+            ExitCode::from(EX_OSERR)
+        }
     }
 }
 

@@ -155,7 +155,9 @@ fn syntax_error(file: &str, text: &str, err: &serde_saphyr::Error) -> ConfigErro
         .map_or(raw_message.as_str(), |(head, _)| head)
         .to_string();
     let service = pos.and_then(|pos| service_at(text, pos.line));
-    let message = if let Some(rest) = message.strip_prefix("unknown field ") {
+    let message = if let Some(hint) = crate::compat::hint_for_unparsable(file, text) {
+        format!("{message}; {hint}")
+    } else if let Some(rest) = message.strip_prefix("unknown field ") {
         unknown_key_message(rest)
     } else if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
         let key = rest.split(',').next().unwrap_or(rest).trim();
@@ -182,6 +184,11 @@ fn unknown_key_message(rest: &str) -> String {
         None => (rest, ""),
     };
     let key = key.trim_matches(|c| c == '`' || c == '"');
+    if let Some(replacement) = crate::compat::replacement_for_xinetd_key(key) {
+        return format!(
+            "unknown key \"{key}\" (an xinetd attribute; rinetd's key is {replacement})"
+        );
+    }
     let candidates: Vec<&str> = expected
         .trim_start_matches(" one of")
         .split(',')
