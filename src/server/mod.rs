@@ -194,6 +194,11 @@ impl Server {
         for address in self.listeners.close_unclaimed() {
             warn!("inherited socket {address} matches no service; closed");
         }
+        // Once, before saying ready, so that what a service keeps at rest (the output pipe
+        // made ahead) is there when ready is reported.
+        for token in std::mem::take(&mut self.runnable) {
+            self.dispatch(token, false);
+        }
         on_ready()?;
         info!(
             "ready services={} listeners={}",
