@@ -91,7 +91,6 @@ test: check deps
 clean:
 	$(CARGO) clean
 
-<<<<<<< Updated upstream
 install: $(BUILD_FIRST)
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
 		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
@@ -139,13 +138,10 @@ deb: $(BUILD_FIRST)
 	packaging/debian/build-deb.sh $(DEB_OUT)/root $(DEB_OUT) $(DEB_PACKAGE) $(DEB_VERSION) \
 		"$(MAINTAINER)" "$(DEB_DATE)"
 
-# Side by side with forkserver (the floor), tcpserver, xinetd, openbsd-inetd and socat.
-=======
 # Side by side with the C floors (forkserver, udpecho), tcpserver, xinetd, openbsd-inetd and socat:
 # TCP, UDP echo, memory, start-up and reload, 5 interleaved rounds; the table is printed and kept
 # in target/bench/ with the raw per-round CSV. BENCH_ARGS passes options or sections, e.g.
 # `make bench BENCH_ARGS="tcp udp"`; RINETD_BASELINE=/path/to/old/rinetd adds its rows.
->>>>>>> Stashed changes
 bench: build
 	bench/run.sh $(BENCH_ARGS)
 
