@@ -15,3 +15,5 @@ pub mod info;
 pub mod session;
 mod sni;
 
+#[cfg(test)]
+mod loopback_tests;
