@@ -31,11 +31,13 @@ clippy:
 check: fmt clippy
 
 # Tools the integration tests run besides rinetd: python3 handlers (run with rinetd's fixed
-# PATH, so it must be /usr/bin/python3) and util-linux's prlimit, setpriv and unshare.
+# PATH, so it must be /usr/bin/python3) and util-linux's prlimit, setpriv and unshare; the TLS
+# tests' certificates and clients: openssl, curl and socat (a TLS client that half-closes).
 deps:
 	@missing=""; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
 	for tool in prlimit setpriv unshare; do command -v $$tool >/dev/null || missing="$$missing util-linux"; done; \
+	for tool in openssl curl socat; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
