@@ -922,6 +922,40 @@ fn mutual_tls_refuses_a_certificate_from_another_ca() {
 // Deadlines and bounds
 
 #[test]
+fn a_client_speaking_something_else_fails_the_handshake_cleanly() {
+    let dir = TempDir::new("garbage");
+    make_pki(&dir.0);
+    let inputs: [&[u8]; 4] = [
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"\x16\x03\x01\x00\x05hello",
+        &[0x16, 0x03, 0x03, 0xff, 0xff],
+        &[0u8; 4096],
+    ];
+    let mut plan = Plan::new(Backend::Shell("echo never".into()));
+    plan.connections = inputs.len();
+    let server = Server::start(load(&settings(&dir)), plan);
+    for input in inputs {
+        let mut stream = TcpStream::connect(server.address()).unwrap();
+        let _ = io::Write::write_all(&mut stream, input);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        // Whatever the server answers (an alert, or nothing), it then closes.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        assert!(answer.len() < 64, "{answer:?}");
+    }
+    for served in server.finish() {
+        assert!(!served.started);
+        assert!(
+            matches!(served.ending, Some(Ending::HandshakeFailed(_))),
+            "{served:?}"
+        );
+    }
+}
+
+#[test]
 fn a_stalled_handshake_is_closed_at_the_deadline() {
     let dir = TempDir::new("stall");
     make_pki(&dir.0);
