@@ -546,6 +546,16 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The handshake failed: no handler started, nothing reached the client.
+fn assert_refused(served: &Served, out: &Output) {
+    assert!(!served.started, "a handler was started");
+    assert!(
+        matches!(&served.ending, Some(Ending::HandshakeFailed(_))),
+        "{served:?}"
+    );
+    assert!(stdout(out).is_empty(), "{}", stdout(out));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Relaying
 
@@ -761,13 +771,7 @@ fn min_version_13_refuses_a_tls12_client() {
     let server = Server::start(load(&tls), Plan::new(Backend::Shell("echo no".into())));
     let address = server.address();
     let out = client(&dir, &s_client_args(&address, &["-tls1_2"]), None);
-    let served = server.finish();
-    assert!(!served[0].started);
-    assert!(
-        matches!(served[0].ending, Some(Ending::HandshakeFailed(_))),
-        "{served:?}"
-    );
-    assert!(stdout(&out).is_empty());
+    assert_refused(&server.finish()[0], &out);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -890,13 +894,7 @@ fn mutual_tls_refuses_a_client_without_a_certificate() {
     let server = mutual_tls_server(&dir);
     let address = server.address();
     let out = client(&dir, &s_client_args(&address, &[]), None);
-    let served = server.finish();
-    assert!(!served[0].started, "a handler was started");
-    assert!(
-        matches!(&served[0].ending, Some(Ending::HandshakeFailed(_))),
-        "{served:?}"
-    );
-    assert!(stdout(&out).is_empty());
+    assert_refused(&server.finish()[0], &out);
 }
 
 #[test]
@@ -909,13 +907,7 @@ fn mutual_tls_refuses_a_certificate_from_another_ca() {
         &s_client_args(&address, &["-cert", "stranger.pem", "-key", "stranger.key"]),
         None,
     );
-    let served = server.finish();
-    assert!(!served[0].started, "a handler was started");
-    assert!(
-        matches!(&served[0].ending, Some(Ending::HandshakeFailed(_))),
-        "{served:?}"
-    );
-    assert!(stdout(&out).is_empty());
+    assert_refused(&server.finish()[0], &out);
 }
 
 // ---------------------------------------------------------------------------------------------
