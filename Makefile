@@ -68,7 +68,8 @@ check: fmt clippy
 # PATH, so it must be /usr/bin/python3) and util-linux's prlimit, setpriv and unshare; the
 # compatibility tests' clients (netcat-openbsd, rdate), man (man-db, groff-base) and the
 # package tools (dpkg-dev's objdump comes from binutils, lintian); and Debian's stock inetd and
-# xinetd files, unpacked under target/ by tests/debian-stock.sh.
+# xinetd files, unpacked under target/ by tests/debian-stock.sh; the TLS tests' certificates
+# and clients: openssl, curl and socat (a TLS client that half-closes).
 deps:
 	@missing=""; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
@@ -79,6 +80,7 @@ deps:
 	command -v groff >/dev/null || missing="$$missing groff-base"; \
 	command -v objdump >/dev/null || missing="$$missing binutils"; \
 	command -v lintian >/dev/null || missing="$$missing lintian"; \
+	for tool in openssl curl socat; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
