@@ -14,7 +14,8 @@ use crate::config::{
     self, ConfigError, IdSpec, Place, PortSpec, Pos, Protocol, ServiceSpec, Table,
 };
 use crate::service::{
-    Access, Credentials, Endpoint, ExecPlan, Handler, Limits, Service, SocketOptions, limit,
+    Access, Credentials, Endpoint, ExecPlan, Handler, Limits, RESTART_MAX_DELAY, Service,
+    SocketOptions, SourcePrefix, limit,
 };
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -157,12 +158,17 @@ fn runtime_service(spec: &ServiceSpec, listen: Vec<Endpoint>, handler: Handler) 
             max_children: limit(spec.max_children),
             per_source: limit(spec.per_source),
             rate_limit: spec.rate_limit,
+            per_source_rate: None,
+            source_prefix: SourcePrefix::default(),
             timeout: spec.timeout,
         },
         access: Access {
             only_from: spec.only_from.clone(),
             no_access: spec.no_access.clone(),
         },
+        supervise: None,
+        restart_max_delay: RESTART_MAX_DELAY,
+        tls: None,
     }
 }
 

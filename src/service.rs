@@ -27,6 +27,37 @@ pub struct Service {
     pub proxy_protocol: bool,
     pub limits: Limits,
     pub access: Access,
+    /// `respawn: true`: started at load and kept running; None for on-demand services.
+    pub supervise: Option<Supervise>,
+    /// `respawn_max_delay`: the longest wait before restarting a supervised or `wait: true`
+    /// handler that keeps failing.
+    pub restart_max_delay: Duration,
+    /// `tls:`: rinetd terminates TLS itself.
+    pub tls: Option<Tls>,
+}
+
+/// A supervised service's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supervise {
+    /// `notify: true`: started means READY=1 received on its NOTIFY_SOCKET.
+    pub notify: bool,
+}
+
+/// `tls:`, with its certificates loaded (at each load: a reload reads them again).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub settings: crate::tls::config::TlsSettings,
+    // Read by the loop once TLS is wired into it.
+    #[allow(dead_code)]
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+/// Two loads of the same settings are the same service; the certificates they read are
+/// taken anew by every load anyway.
+impl PartialEq for Tls {
+    fn eq(&self, other: &Tls) -> bool {
+        self.settings == other.settings
+    }
 }
 
 /// Where a service listens.
@@ -92,8 +123,34 @@ pub struct Limits {
     pub max_children: Option<NonZeroU32>,
     pub per_source: Option<NonZeroU32>,
     pub rate_limit: Option<RateLimit>,
+    /// `per_source_rate`: at most `max` per client within any `per` window.
+    pub per_source_rate: Option<SourceRate>,
+    /// How clients are grouped for `per_source` and `per_source_rate`.
+    pub source_prefix: SourcePrefix,
     pub timeout: Option<Duration>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceRate {
+    pub max: u32,
+    pub per: Duration,
+}
+
+/// Prefix lengths that group client addresses: an IPv6 client usually holds a whole /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePrefix {
+    pub ipv4: u8,
+    pub ipv6: u8,
+}
+
+impl Default for SourcePrefix {
+    fn default() -> SourcePrefix {
+        SourcePrefix { ipv4: 32, ipv6: 64 }
+    }
+}
+
+/// The default `respawn_max_delay`.
+pub const RESTART_MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// A count from the table where `0` means unlimited: the one place that rule is written.
 pub fn limit(count: u32) -> Option<NonZeroU32> {
@@ -195,9 +252,14 @@ impl Service {
                 max_children: limit(256),
                 per_source: None,
                 rate_limit: None,
+                per_source_rate: None,
+                source_prefix: SourcePrefix::default(),
                 timeout: None,
             },
             access: Access::default(),
+            supervise: None,
+            restart_max_delay: RESTART_MAX_DELAY,
+            tls: None,
         }
     }
 }
