@@ -86,9 +86,18 @@ deps:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	sh tests/debian-stock.sh target/debian-stock
+	@# The logfmt parser that checks the log lines (PyPI).
+	@python3 -c 'import logfmt' 2>/dev/null || python3 -m pip install --quiet logfmt==0.4 \
+		|| python3 -m pip install --quiet --break-system-packages logfmt==0.4
+
+# Every log line the integration tests make rinetd write is kept and checked: logfmt, and one of
+# the shapes docs/log-events.md lists.
+TEST_LOGS := $(CURDIR)/target/test-logs
 
 test: check deps
-	$(CARGO) test --all-targets
+	rm -rf $(TEST_LOGS)
+	RINETD_TEST_LOGS=$(TEST_LOGS) $(CARGO) test --all-targets
+	python3 tests/logfmt_check.py $(TEST_LOGS) docs/log-events.md
 
 clean:
 	$(CARGO) clean

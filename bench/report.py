@@ -205,7 +205,7 @@ def main():
         print("### Reload, 1,000 services, one moved to a new port")
         print()
         print("External: ms from SIGHUP until the moved service serves on its new port. rinetd's own log figures: "
-              "`reload: table read and checked in Xs` and `reloaded … duration=Ys` (1 ms resolution), and their sum.")
+              "`reload checked duration=Xs` and `reloaded … duration=Ys` (1 ms resolution), and their sum.")
         print()
         rows, notes = [], []
         for name in sorted(data[("table", "n=1000")], key=rank):

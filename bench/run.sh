@@ -16,7 +16,7 @@
 #            rinetd, xinetd, openbsd-inetd
 #   startup  exec -> all 1,000 (and 10) ports listening -> the last one serves
 #   reload   1,000 services, one moved to a new port: SIGHUP -> it answers there; rinetd's own
-#            "table read and checked in" + "reloaded ... duration=" log figures
+#            "reload checked duration=" + "reloaded ... duration=" log figures
 #
 # Options (each also an environment variable):
 #   -r, --rounds N        BENCH_ROUNDS    interleaved rounds (default 5; quick: 2)
@@ -457,7 +457,8 @@ table_one() { # NAME N
       if [[ $name == rinetd* ]]; then # its own figures: wait (with a deadline) for the "reloaded" line
         for ((i = 0; i < 250; i++)); do grep -q 'reloaded ' "$WORK/server.log" && break; sleep 0.02; done
         local check apply
-        check=$(sed -n 's/.*table read and checked in \([0-9.]*\)s.*/\1/p' "$WORK/server.log" | tail -n 1)
+        # Both log formats: "reload checked duration=Xs", and the older "table read and checked in Xs".
+        check=$(sed -n 's/.*\(reload checked duration=\|table read and checked in \)\([0-9.]*\)s.*/\2/p' "$WORK/server.log" | tail -n 1)
         apply=$(sed -n 's/.*reloaded .*duration=\([0-9.]*\)s.*/\1/p' "$WORK/server.log" | tail -n 1)
         [ -z "$check" ] || emit table "$case" "$name" reload_check_ms "$(awk -v s="$check" 'BEGIN {print s * 1000}')"
         [ -z "$apply" ] || emit table "$case" "$name" reload_apply_ms "$(awk -v s="$apply" 'BEGIN {print s * 1000}')"

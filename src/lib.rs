@@ -10,6 +10,7 @@ mod config;
 // Detaching forks, and sockets handed over by a service manager become owned descriptors.
 #[allow(unsafe_code)]
 mod daemon;
+mod events;
 // The child between clone and execve: raw syscalls only.
 #[allow(unsafe_code)]
 mod exec;
@@ -38,7 +39,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 
 use clap::{CommandFactory, Parser};
-use log::{LevelFilter, error, warn};
+use log::LevelFilter;
 
 use crate::cli::{Cli, Command, Format, LogTarget, SourceFormat};
 use crate::logging::Target;
@@ -169,14 +170,14 @@ pub fn main() -> ExitCode {
         }
     };
     for warning in warnings {
-        warn!("{warning}");
+        events::config_warning(&warning);
     }
     let original_nofile = daemon::raise_nofile();
     // The readiness pipe is answered exactly once: ready from inside run, or failed below.
     let readiness = Rc::new(RefCell::new(readiness));
     let server = match server::Server::new(services, original_nofile, inherited) {
         Ok(server) => server,
-        Err(err) => return fail_start(&readiness, &format!("cannot start: {err}")),
+        Err(err) => return fail_start(&readiness, &events::plain(&err)),
     };
     let pidfile = cli.pidfile.clone();
     let on_ready = {
@@ -196,7 +197,7 @@ pub fn main() -> ExitCode {
     let reload = Box::new(move || {
         load(&path, format).map(|(services, _, warnings)| {
             for warning in warnings {
-                warn!("{warning}");
+                events::config_warning(&warning);
             }
             services
         })
@@ -259,7 +260,7 @@ fn config_failure(errors: &[String]) -> ExitCode {
 }
 
 fn fail_start(readiness: &Rc<RefCell<Option<daemon::Readiness>>>, message: &str) -> ExitCode {
-    error!("{message}");
+    events::start_failed(message);
     if let Some(readiness) = readiness.borrow_mut().take() {
         readiness.failed(EX_OSERR, message);
     }

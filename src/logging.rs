@@ -17,6 +17,14 @@ struct Logger {
     target: Target,
 }
 
+thread_local! {
+    /// The line being written (rinetd has one thread).
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A line longer than this (a huge stderr line of a handler) does not keep its buffer.
+const KEPT_CAPACITY: usize = 16 * 1024;
+
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         metadata.level() <= log::max_level()
@@ -33,9 +41,16 @@ impl Log for Logger {
                     Level::Warn => "warning: ",
                     _ => "",
                 };
-                // One write per line, so lines from a busy daemon never interleave.
-                let line = format!("rinetd: {prefix}{}\n", record.args());
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+                // One write per line from a buffer kept between lines: lines from a busy
+                // daemon never interleave, and logging allocates nothing once warmed up.
+                LINE.with_borrow_mut(|line| {
+                    line.clear();
+                    let _ = writeln!(line, "rinetd: {prefix}{}", record.args());
+                    let _ = std::io::stderr().lock().write_all(line);
+                    if line.capacity() > KEPT_CAPACITY {
+                        *line = Vec::new();
+                    }
+                });
             }
             Target::Syslog => {
                 let severity = match record.level() {

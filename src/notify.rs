@@ -26,7 +26,7 @@ impl Notifier {
         if let Some((socket, address)) = &self.target
             && let Err(err) = socket.send_to_addr(message.as_bytes(), address)
         {
-            log::warn!("sd_notify failed error={err}");
+            crate::events::sd_notify_failed(&err);
         }
     }
 

@@ -86,6 +86,13 @@ pub enum Builtin {
 }
 
 impl Builtin {
+    pub fn name(self) -> &'static str {
+        Builtin::ALL
+            .iter()
+            .find(|(_, builtin)| *builtin == self)
+            .map_or("builtin", |(name, _)| name)
+    }
+
     pub const ALL: [(&'static str, Builtin); 5] = [
         ("echo", Builtin::Echo),
         ("discard", Builtin::Discard),

@@ -9,7 +9,6 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
 use mio::{Interest, Token};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -18,7 +17,8 @@ use nix::unistd::Pid;
 use super::table::{ServiceId, Slot};
 use super::timers::TimerId;
 use super::wait::Fingerprint;
-use super::{Server, SourceKind, Timer, seconds, would_block};
+use super::{Server, SourceKind, Timer, would_block};
+use crate::events;
 use crate::exec::REPORT_PREFIX;
 use crate::service::Kind;
 use crate::spawn::{OutputPipe, Spawner, Stdio};
@@ -109,7 +109,7 @@ impl Children {
     /// SIGKILL to every handler still running at the end of the stop's grace, and its group.
     pub fn kill_all(&self) {
         for pid in self.running.keys() {
-            warn!("stop: pid={pid} still running after 10s, SIGKILL");
+            events::stop_kill(pid.as_raw(), super::STOP_GRACE);
             let _ = killpg(*pid, Signal::SIGKILL);
             let _ = kill(*pid, Signal::SIGKILL);
         }
@@ -185,7 +185,7 @@ impl Server {
             }
         };
         if let Some(failures) = self.table.spawned(id) {
-            info!("{label}: spawn recovered failures={failures}");
+            events::spawn_recovered(&label, failures);
         }
         let now = Instant::now();
         let pid = spawned.pid;
@@ -223,7 +223,7 @@ impl Server {
                 Some(token)
             }
             Err(err) => {
-                warn!("{label}: cannot watch the output of pid={pid} error={err}");
+                events::output_unwatched(&label, pid.as_raw(), &err);
                 None
             }
         }
@@ -288,7 +288,7 @@ impl Server {
                 }
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(err) => {
-                    warn!("waitpid error={err}");
+                    events::waitpid_failed(&err);
                     return;
                 }
             }
@@ -306,11 +306,7 @@ impl Server {
         let lived = child.started.elapsed();
         let id = child.service;
         if let Some(entry) = self.table.get(id) {
-            info!(
-                "{}: exited pid={pid} status={status} duration={}",
-                entry.label(),
-                seconds(lived)
-            );
+            events::exited(entry.label(), pid.as_raw(), status, lived);
         }
         if let Some(output) = child.output {
             self.read_output(output, true);
@@ -343,7 +339,7 @@ impl Server {
             return;
         }
         if let Some(entry) = self.table.get(child.service) {
-            warn!("{}: timeout pid={pid} signal=SIGTERM", entry.label());
+            events::timeout(entry.label(), pid.as_raw(), "SIGTERM");
         }
         let _ = killpg(pid, Signal::SIGTERM);
         let kill = Timer::Kill {
@@ -370,7 +366,7 @@ impl Server {
         if killpg(pid, Signal::SIGKILL).is_ok()
             && let Some(label) = label
         {
-            warn!("{label}: timeout pid={pid} signal=SIGKILL");
+            events::timeout(&label, pid.as_raw(), "SIGKILL");
         }
     }
 }
@@ -379,10 +375,7 @@ fn log_output_line(output: &Output, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
     let text = text.strip_suffix('\r').unwrap_or(&text);
     match text.strip_prefix(REPORT_PREFIX) {
-        Some(reason) => warn!(
-            "{}: spawn failed pid={} error={reason}",
-            output.label, output.pid
-        ),
-        None => info!("{}: stderr pid={} line={text}", output.label, output.pid),
+        Some(reason) => events::spawn_failed(&output.label, output.pid.as_raw(), reason),
+        None => events::stderr_line(&output.label, output.pid.as_raw(), text),
     }
 }

@@ -8,7 +8,6 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Instant, SystemTime};
 
-use log::{debug, info, warn};
 use mio::{Interest, Token};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
@@ -18,6 +17,7 @@ use super::table::{Denied, ServiceId};
 use super::{Server, SourceKind, Timer, canonical, is_resource_exhaustion, would_block};
 use crate::builtin::{self, LOOP_PORTS};
 use crate::config::Builtin;
+use crate::events;
 use crate::spawn::{Stdio, address_vars};
 
 /// The largest UDP payload over IPv4, and so the largest reply a handler may send.
@@ -109,16 +109,12 @@ impl Server {
             Ok(Some(got)) => got,
             Ok(None) => return Next::Empty,
             Err(err) => {
-                warn!("{}: receive failed error={err}", label());
+                events::receive_failed(&label(), &err);
                 return Next::Empty;
             }
         };
         if loop_protection && LOOP_PORTS.contains(&peer.port()) {
-            debug!(
-                "{}: dropped a datagram from port {} (loop protection)",
-                label(),
-                peer.port()
-            );
+            events::loop_protection(&label(), peer.port());
             return Next::Skipped;
         }
         if let Some(until) = self.table.count_accept(id, Instant::now()) {
@@ -198,7 +194,7 @@ impl Server {
                 if is_resource_exhaustion(&err) {
                     server.back_off(id, RESOURCE_BACKOFF, "datagram dropped", &err);
                 } else if let Some(entry) = server.table.get(id) {
-                    warn!("{}: datagram dropped error={err}", entry.label());
+                    events::datagram_dropped(entry.label(), &err);
                 }
                 return false;
             }
@@ -253,10 +249,7 @@ impl Server {
             return Ok(());
         };
         drop((request, reply_writer));
-        info!(
-            "{label}: accepted client={client} bytes={} pid={pid}",
-            datagram.len()
-        );
+        events::accepted_datagram(&label, &client, datagram.len(), pid.as_raw());
         self.register(&reply, reply_token, Interest::READABLE)?;
         let collector = Reply {
             label,
@@ -291,7 +284,7 @@ impl Server {
         }
         let label = &reply.label;
         if reply.truncated {
-            warn!("{label}: reply to {} cut to {MAX_REPLY} bytes", reply.peer);
+            events::reply_cut(label, &canonical(reply.peer), MAX_REPLY);
         }
         if reply.data.is_empty() {
             return;
@@ -305,7 +298,7 @@ impl Server {
         if let Some(socket) = socket
             && let Err(err) = socket.send_to(&reply.data, reply.peer)
         {
-            warn!("{label}: reply to {} failed error={err}", reply.peer);
+            events::reply_failed(label, &canonical(reply.peer), &err);
         }
     }
 }

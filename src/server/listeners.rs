@@ -13,12 +13,11 @@ use mio::{Interest, Registry, Token};
 use nix::unistd::Pid;
 use socket2::Socket;
 
-use log::{info, warn};
-
 use super::table::ServiceId;
 use super::{Server, Timer};
 use crate::bind::{bind_tcp, bind_udp, bind_unix, local_address};
 use crate::config::Protocol;
+use crate::events;
 use crate::service::{Endpoint, Kind, Service};
 
 /// A bound socket: stream (tcp, unix) or datagram (udp).
@@ -218,8 +217,9 @@ impl Listeners {
 
     /// A kept socket takes the settings that can change without re-binding it: the backlog
     /// (listen(2) again only updates it), a UNIX socket's mode, and arrival time stamps for a
-    /// datagram socket that has become `wait: true`. Returns what failed, for the log.
-    pub fn refresh(&self, token: Token, service: &Service) -> Vec<String> {
+    /// datagram socket that has become `wait: true`. Returns what failed (the setting and
+    /// why), for the log.
+    pub fn refresh(&self, token: Token, service: &Service) -> Vec<(&'static str, io::Error)> {
         let mut failures = Vec::new();
         let Some(listener) = self.by_token.get(&token) else {
             return failures;
@@ -228,12 +228,12 @@ impl Listeners {
             Some(Bound::Stream(socket)) => {
                 let backlog = service.socket.backlog.min(i32::MAX as u32) as i32;
                 if let Err(err) = socket.listen(backlog) {
-                    failures.push(format!("backlog not updated error={err}"));
+                    failures.push(("backlog", err));
                 }
             }
             Some(Bound::Datagram(socket)) if service.kind() == Kind::Wait => {
                 if let Err(err) = stamp_arrivals(socket) {
-                    failures.push(format!("cannot time-stamp datagrams error={err}"));
+                    failures.push(("wait", err));
                 }
             }
             _ => {}
@@ -246,7 +246,7 @@ impl Listeners {
             use std::os::unix::fs::PermissionsExt;
             if let Err(err) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             {
-                failures.push(format!("socket_mode not applied error={err}"));
+                failures.push(("socket_mode", err));
             }
         }
         failures
@@ -288,28 +288,15 @@ impl Server {
         {
             Ok(()) => {
                 if let Some(listener) = self.listeners.get(token) {
-                    let how = if listener.is_inherited() {
-                        " inherited"
-                    } else {
-                        ""
-                    };
-                    info!(
-                        "{}: listening address={}{how}",
-                        entry.label(),
-                        listener.shown()
-                    );
+                    events::listening(entry.label(), &listener.shown(), listener.is_inherited());
                 }
                 // Clients may have queued while the port was being retried.
                 self.runnable.push_back(token);
             }
             Err(err) => {
                 if let Some(listener) = self.listeners.get_mut(token) {
-                    warn!(
-                        "{}: bind failed address={} error={err} retry={}s",
-                        entry.label(),
-                        listener.endpoint,
-                        BIND_RETRY.as_secs()
-                    );
+                    let address = listener.endpoint.to_string();
+                    events::bind_failed(entry.label(), &address, &err, BIND_RETRY);
                     listener.retrying = true;
                     let at = Instant::now() + BIND_RETRY;
                     self.timers.schedule(at, Timer::RetryBind(token));

@@ -23,12 +23,12 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::unistd::Pid;
 use socket2::Socket;
 
+use crate::events;
 use crate::notify::Notifier;
 use crate::service::{Kind, Refusal, Service};
 use crate::signals::Signals;
@@ -39,7 +39,7 @@ use datagram::Datagrams;
 use listeners::Listeners;
 pub use reload::Loader;
 use stream::Streams;
-use table::{ServiceId, Table, human};
+use table::{ServiceId, Table};
 use timers::Timers;
 use tokens::{SIGNAL_TOKEN, SourceKind, Tokens, kind_of};
 
@@ -110,11 +110,6 @@ pub(super) fn would_block(err: &io::Error) -> bool {
 /// so that ACLs and per-source counts cannot be sidestepped by writing it the other way.
 pub(super) fn canonical(address: SocketAddr) -> SocketAddr {
     SocketAddr::new(address.ip().to_canonical(), address.port())
-}
-
-/// A measured duration, to the millisecond: `0.004s`.
-pub(super) fn seconds(d: Duration) -> String {
-    format!("{:.3}s", d.as_secs_f64())
 }
 
 impl Server {
@@ -192,7 +187,7 @@ impl Server {
             self.bind(token);
         }
         for address in self.listeners.close_unclaimed() {
-            warn!("inherited socket {address} matches no service; closed");
+            events::inherited_unclaimed(&address);
         }
         // Once, before saying ready, so that what a service keeps at rest (the output pipe
         // made ahead) is there when ready is reported.
@@ -200,11 +195,7 @@ impl Server {
             self.dispatch(token, false);
         }
         on_ready()?;
-        info!(
-            "ready services={} listeners={}",
-            self.table.ids().len(),
-            self.listeners.bound_count()
-        );
+        events::ready(self.table.ids().len(), self.listeners.bound_count());
         notifier.ready();
         let mut events = Events::with_capacity(256);
         loop {
@@ -259,7 +250,7 @@ impl Server {
             }
             self.fire_timers();
             if self.stopping.is_some() && self.children.is_empty() {
-                info!("stopped");
+                events::stopped();
                 return Ok(());
             }
         }
@@ -309,22 +300,19 @@ impl Server {
     ) {
         let (until, first) = self.table.back_off(id, Instant::now(), delay);
         if first && let Some(entry) = self.table.get(id) {
-            warn!(
-                "{}: {what} error={err} backoff={}",
-                entry.label(),
-                human(delay)
-            );
+            events::backoff(entry.label(), what, err, delay);
         }
         self.timers.schedule(until, Timer::Resume(id));
     }
 
-    pub(super) fn log_refusal(&self, id: ServiceId, client: &str, reason: Refusal) {
+    pub(super) fn log_refusal(
+        &self,
+        id: ServiceId,
+        client: &dyn std::fmt::Display,
+        reason: Refusal,
+    ) {
         if let Some(entry) = self.table.get(id) {
-            info!(
-                "{}: refused client={client} reason={}",
-                entry.label(),
-                reason.as_str()
-            );
+            events::refused(entry.label(), &client, reason.as_str());
         }
     }
 
@@ -357,7 +345,7 @@ impl Server {
     /// SIGTERM/SIGINT: close every listener and connection, SIGTERM every handler, wait up to
     /// STOP_GRACE for them.
     fn stop(&mut self) {
-        info!("stopping handlers={}", self.children.len());
+        events::stopping(self.children.len());
         let now = Instant::now();
         self.stopping = Some(now + STOP_GRACE);
         self.listeners.close_all(self.poll.registry());

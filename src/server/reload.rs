@@ -7,12 +7,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use log::{error, info, warn};
 use mio::Token;
 
 use super::table::ServiceId;
-use super::{Server, SourceKind, seconds};
+use super::{Server, SourceKind};
 use crate::config::Protocol;
+use crate::events;
 use crate::service::{Endpoint, Service};
 
 /// Reads, checks and resolves the table again: the services, or every error as a line.
@@ -145,36 +145,30 @@ pub fn plan(current: &[Current<'_>], new: &[Service]) -> Plan {
     plan
 }
 
-/// What a reload did, for its log line.
+/// What a reload did, for its log line: the services added, changed and removed by name.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Summary {
-    pub added: usize,
-    pub changed: usize,
-    pub removed: usize,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
     pub kept: usize,
 }
 
 impl Server {
     /// Reads and checks the whole table; any error keeps the running one exactly as it is.
     pub(super) fn reload(&mut self, load: &mut Loader) {
-        info!("reloading");
+        events::reloading();
         let started = Instant::now();
         match load() {
             Ok(services) => {
-                info!(
-                    "reload: table read and checked in {}",
-                    seconds(started.elapsed())
-                );
+                events::reload_checked(started.elapsed());
                 self.apply(services);
             }
             Err(errors) => {
                 for error in &errors {
-                    error!("reload: {error}");
+                    events::reload_error(error);
                 }
-                error!(
-                    "reload failed errors={}; the running table is unchanged",
-                    errors.len()
-                );
+                events::reload_failed(errors.len());
             }
         }
     }
@@ -208,9 +202,11 @@ impl Server {
         let plan = plan(&current, &services);
         let mut summary = Summary::default();
         for id in &plan.retire {
+            if let Some(entry) = self.table.get(*id) {
+                summary.removed.push(entry.service.name.clone());
+            }
             self.table.retire(*id);
             self.streams.forget(*id);
-            summary.removed += 1;
         }
         for token in &plan.close {
             self.listeners.close(*token, self.poll.registry());
@@ -221,7 +217,7 @@ impl Server {
             let id = match placement.target {
                 Target::Existing { id, changed } => {
                     if changed {
-                        summary.changed += 1;
+                        summary.changed.push(service.name.clone());
                     } else {
                         summary.kept += 1;
                     }
@@ -229,7 +225,7 @@ impl Server {
                     id
                 }
                 Target::New => {
-                    summary.added += 1;
+                    summary.added.push(service.name.clone());
                     self.table.insert(service)
                 }
             };
@@ -259,8 +255,8 @@ impl Server {
         for token in kept {
             let owner = self.listeners.get(token).map(|l| l.service);
             if let Some(entry) = owner.and_then(|id| self.table.get(id)) {
-                for failure in self.listeners.refresh(token, &entry.service) {
-                    warn!("{}: reload: {failure}", entry.label());
+                for (setting, err) in self.listeners.refresh(token, &entry.service) {
+                    events::reload_setting_failed(entry.label(), setting, &err);
                 }
             }
         }
@@ -270,13 +266,12 @@ impl Server {
         for id in self.table.ids() {
             self.wake(id);
         }
-        info!(
-            "reloaded added={} changed={} removed={} kept={} duration={}",
-            summary.added,
-            summary.changed,
-            summary.removed,
+        events::reloaded(
+            &summary.added.join(","),
+            &summary.changed.join(","),
+            &summary.removed.join(","),
             summary.kept,
-            seconds(started.elapsed())
+            started.elapsed(),
         );
         summary
     }

@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use log::info;
+use crate::events;
 
-use super::{Server, seconds};
+use super::Server;
 
 impl Server {
     pub(super) fn status(&self) {
@@ -14,11 +14,7 @@ impl Server {
             .entries()
             .filter(|(_, entry)| !entry.is_retired() || entry.running() > 0)
             .collect();
-        info!(
-            "status services={} handlers={}",
-            shown.len(),
-            self.children.len()
-        );
+        events::status(shown.len(), self.children.len());
         let now = Instant::now();
         for (_, entry) in shown {
             let listeners: Vec<_> = entry
@@ -36,7 +32,7 @@ impl Server {
             } else if let Some(pause) = entry.pause() {
                 format!(
                     "paused for={}",
-                    seconds(pause.until.saturating_duration_since(now))
+                    events::Seconds(pause.until.saturating_duration_since(now))
                 )
             } else if entry.is_full() {
                 "paused reason=max_children".to_string()
@@ -49,13 +45,14 @@ impl Server {
                 .iter()
                 .map(|(reason, n)| format!(" refused_{}={n}", reason.as_str()))
                 .collect();
-            info!(
-                "{}: status state={phase} address={} running={} accepted={} spawn_failures={}{refused}",
+            events::service_status(
                 entry.label(),
-                addresses.join(","),
+                &phase,
+                &addresses.join(","),
                 entry.running(),
                 entry.counters.accepted,
                 entry.counters.spawn_failures,
+                &refused,
             );
         }
     }

@@ -8,16 +8,16 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{info, warn};
 use mio::{Interest, Token};
 use socket2::Socket;
 
 use super::children::{RESOURCE_BACKOFF, Role};
 use super::table::{Denied, ServiceId, Slot};
 use super::timers::TimerId;
-use super::{Server, SourceKind, Timer, canonical, is_resource_exhaustion, seconds, would_block};
+use super::{Server, SourceKind, Timer, canonical, is_resource_exhaustion, would_block};
 use crate::builtin::{Step, StreamBuiltin};
 use crate::config::Builtin;
+use crate::events;
 use crate::proxy::{self, Parsed};
 use crate::service::Kind;
 use crate::spawn::{OutputPipe, Stdio, address_vars};
@@ -143,7 +143,7 @@ impl Server {
                 }
                 Err(err) => {
                     if let Some(entry) = self.table.get(id) {
-                        warn!("{}: accept failed error={err}", entry.label());
+                        events::accept_failed(entry.label(), &err);
                     }
                     return;
                 }
@@ -168,8 +168,7 @@ impl Server {
         let slot = match self.table.admit(id, remote.map(|r| r.ip())) {
             Ok(slot) => slot,
             Err(Denied::Refused(reason)) => {
-                let client = remote.map_or_else(|| "unix".to_string(), |r| r.to_string());
-                self.log_refusal(id, &client, reason);
+                self.log_refusal(id, &events::Client(remote), reason);
                 return;
             }
             Err(Denied::Gone) => return,
@@ -181,9 +180,9 @@ impl Server {
         if entry.service.socket.keepalive && remote.is_some() {
             let _ = connection.set_keepalive(true);
         }
-        let shown = remote.map_or_else(|| "unix".to_string(), |r| r.to_string());
+        let shown = events::Client(remote);
         if let Kind::StreamBuiltin(builtin) = entry.kind {
-            info!("{}: accepted client={shown} builtin", entry.label());
+            events::accepted_builtin(entry.label(), &shown, builtin.name());
             self.start_builtin(slot, connection, remote, builtin);
             return;
         }
@@ -204,7 +203,7 @@ impl Server {
         match started {
             Some(pid) => {
                 if let Some(entry) = self.table.get(id) {
-                    info!("{}: accepted client={shown} pid={pid}", entry.label());
+                    events::accepted(entry.label(), &shown, pid.as_raw());
                 }
             }
             // Backing off: retried when the back-off ends (nothing else would end it).
@@ -233,7 +232,7 @@ impl Server {
             .and_then(|()| self.register(&socket, token, Interest::READABLE | Interest::WRITABLE));
         if let Err(err) = registered {
             if let Some(entry) = self.table.get(slot.service()) {
-                warn!("{}: cannot serve error={err}", entry.label());
+                events::cannot_serve(entry.label(), &err);
             }
             if let Some(runnable) = self.table.release(slot) {
                 self.wake(runnable);
@@ -275,15 +274,9 @@ impl Server {
             return;
         };
         self.deregister(&connection.socket);
-        let shown = connection
-            .remote
-            .map_or_else(|| "unix".to_string(), |r| r.to_string());
+        let shown = events::Client(connection.remote);
         if let Some(entry) = self.table.get(connection.slot.service()) {
-            info!(
-                "{}: closed client={shown} duration={}",
-                entry.label(),
-                seconds(connection.started.elapsed())
-            );
+            events::closed(entry.label(), &shown, connection.started.elapsed());
         }
         if let Some(runnable) = self.table.release(connection.slot) {
             self.wake(runnable);
@@ -305,7 +298,7 @@ impl Server {
             .and_then(|()| self.register(&connection, token, Interest::READABLE));
         if let Err(err) = registered {
             if let Some(entry) = self.table.get(id) {
-                warn!("{}: cannot serve error={err}", entry.label());
+                events::cannot_serve(entry.label(), &err);
             }
             return;
         }
@@ -383,11 +376,7 @@ impl Server {
             }
             Err(reason) => {
                 if let Some(entry) = self.table.get(id) {
-                    warn!(
-                        "{}: proxy header rejected client={} error={reason}",
-                        entry.label(),
-                        pending.peer
-                    );
+                    events::proxy_rejected(entry.label(), &pending.peer, reason);
                 }
             }
         }
@@ -399,12 +388,11 @@ impl Server {
         };
         self.deregister(&pending.stream);
         if let Some(entry) = self.table.get(pending.slot.service()) {
-            warn!(
-                "{}: proxy header rejected client={} error=no complete header within {}s",
-                entry.label(),
-                pending.peer,
-                PROXY_DEADLINE.as_secs()
+            let reason = format!(
+                "no complete header within {}",
+                events::Configured(PROXY_DEADLINE)
             );
+            events::proxy_rejected(entry.label(), &pending.peer, &reason);
         }
         if let Some(runnable) = self.table.release(pending.slot) {
             self.wake(runnable);

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use log::info;
 use mio::Token;
 
+use crate::events;
 use crate::service::{Kind, Refusal, Service};
 
 /// A service's place in the table. A slot index reused by a later service gets a new
@@ -226,11 +226,7 @@ impl Table {
         // A wait service has one handler at a time anyway: no pause to announce.
         if !entry.below_max() && !entry.full && entry.kind != Kind::Wait {
             entry.full = true;
-            info!(
-                "{}: paused reason=max_children running={}",
-                entry.label(),
-                entry.running
-            );
+            events::paused_max_children(entry.label(), entry.running);
         }
         Ok(Slot {
             service: id,
@@ -272,7 +268,7 @@ impl Table {
         }
         if entry.full && entry.below_max() {
             entry.full = false;
-            info!("{}: resumed", entry.label());
+            events::resumed(entry.label());
             return Some(service);
         }
         None
@@ -301,11 +297,7 @@ impl Table {
             until,
             reason: PauseReason::RateLimit,
         });
-        info!(
-            "{}: paused reason=rate_limit for={}",
-            entry.label(),
-            human(limit.pause)
-        );
+        events::paused_rate_limit(entry.label(), limit.pause);
         Some(until)
     }
 
@@ -335,7 +327,7 @@ impl Table {
             Some(pause) if pause.until <= now => {
                 entry.pause = None;
                 if pause.reason == PauseReason::RateLimit {
-                    info!("{}: resumed", entry.label());
+                    events::resumed(entry.label());
                 }
                 true
             }
@@ -358,15 +350,6 @@ impl Table {
         entry.backoff_logged = false;
         let failed = std::mem::take(&mut entry.failed_spawns);
         (failed > 0).then_some(failed)
-    }
-}
-
-/// A configured duration as it would be written in the table: `100ms`, `10s`.
-pub fn human(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }
 

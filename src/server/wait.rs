@@ -8,7 +8,6 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
 use mio::Token;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
 use socket2::Socket;
@@ -17,6 +16,7 @@ use super::children::Role;
 use super::listeners::{Bound, stamp_arrivals};
 use super::table::{Denied, ServiceId};
 use super::{Server, canonical};
+use crate::events;
 use crate::spawn::Stdio;
 
 /// A `wait: true` stream handler that fails sooner than this is not restarted before it has
@@ -170,7 +170,7 @@ impl Server {
         {
             listener.held_by = Some(pid);
             if let Some(entry) = self.table.get(id) {
-                info!("{}: handed over pid={pid}", entry.label());
+                events::handed_over(entry.label(), pid.as_raw());
             }
         }
     }
@@ -233,7 +233,7 @@ impl Server {
         // listener would stall the whole (edge-triggered) loop, so one that cannot be made
         // non-blocking again is dropped and bound anew.
         if let Err(err) = socket.set_nonblocking(true) {
-            error!("{label}: listener unusable after its handler error={err}; binding it anew");
+            events::listener_rebound(&label, &err);
             self.listeners.unbind(token, self.poll.registry());
             self.bind(token);
             return;
@@ -242,17 +242,14 @@ impl Server {
             Bound::Datagram(socket) => {
                 // A handler may have turned time stamps off: rinetd's fingerprints need them.
                 if let Err(err) = stamp_arrivals(socket) {
-                    warn!("{label}: cannot time-stamp datagrams error={err}");
+                    events::timestamps_off(&label, &err);
                 }
                 if let Some(trigger) = trigger
                     && peek_fingerprint(socket)
                         .is_some_and(|first| first.is_same_datagram(&trigger))
                 {
                     let _ = discard_one(socket);
-                    warn!(
-                        "{label}: dropped the datagram from {} the handler left unread",
-                        trigger.sender
-                    );
+                    events::unread_datagram_dropped(&label, &canonical(trigger.sender));
                 }
             }
             Bound::Stream(socket) => {

@@ -227,8 +227,8 @@ pub struct LogLine {
 }
 
 impl LogLine {
-    /// The value of `key=value` in this line (up to the next space; `line=` takes the rest).
-    pub fn field(&self, key: &str) -> &str {
+    /// The value of `key=value` in this line, a quoted one unquoted (logfmt).
+    pub fn field(&self, key: &str) -> String {
         let marker = format!(" {key}=");
         let start = self
             .text
@@ -236,11 +236,25 @@ impl LogLine {
             .unwrap_or_else(|| panic!("no {key}= in log line {:?}", self.text))
             + marker.len();
         let rest = &self.text[start..];
-        if key == "line" {
-            rest
-        } else {
-            rest.split(' ').next().unwrap_or_default()
+        let Some(quoted) = rest.strip_prefix('"') else {
+            return rest.split(' ').next().unwrap_or_default().to_string();
+        };
+        let mut value = String::new();
+        let mut chars = quoted.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => return value,
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some('r') => value.push('\r'),
+                    Some('t') => value.push('\t'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                c => value.push(c),
+            }
         }
+        panic!("unterminated value of {key}= in log line {:?}", self.text)
     }
 
     pub fn pid(&self) -> i32 {
@@ -442,6 +456,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        keep_log(self.pid(), &self.lines());
         if thread::panicking() {
             eprintln!("rinetd log:\n{}", self.lines().join("\n"));
             let _ = self.child.kill();
@@ -450,6 +465,21 @@ impl Drop for Daemon {
             self.stop();
         }
     }
+}
+
+/// With RINETD_TEST_LOGS set (`make test` sets it), every daemon's log is kept there, one file
+/// each, for tests/logfmt_check.py to check every line against docs/log-events.md.
+fn keep_log(pid: i32, lines: &[String]) {
+    let Some(folder) = std::env::var_os("RINETD_TEST_LOGS") else {
+        return;
+    };
+    static KEPT: AtomicUsize = AtomicUsize::new(0);
+    let n = KEPT.fetch_add(1, Ordering::Relaxed);
+    let path = Path::new(&folder).join(format!("{}-{pid}-{n}.log", std::process::id()));
+    let mut text = lines.join("\n");
+    text.push('\n');
+    let _ = fs::create_dir_all(&folder);
+    let _ = fs::write(path, text);
 }
 
 fn collect_lines(stderr: impl Read, log: &Log) {

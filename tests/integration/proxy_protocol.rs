@@ -295,7 +295,7 @@ fn a_header_not_complete_within_5s_is_rejected() {
     // Kept open: rinetd gives up by itself (the read fails after 10 s otherwise).
     assert_eq!(read_until_closed(&mut client), "");
     daemon.wait_for_line(&format!(
-        "web/tcp: proxy header rejected client={real} error=no complete header within 5s"
+        "web/tcp: proxy header rejected client={real} error=\"no complete header within 5s\""
     ));
     assert_eq!(daemon.count_lines(" pid="), 0, "a handler was started");
 }

@@ -33,7 +33,7 @@ fn out_of_descriptors_the_waiting_clients_stay_in_the_backlog_and_are_all_served
     // Room for a few handlers only: each running one holds its output pipe in the daemon.
     let daemon = Daemon::spawn(wrapped(&["prlimit", "--nofile=24:24"], &config));
     let mut clients: Vec<_> = (0..30).map(|_| daemon.connect("hold")).collect();
-    daemon.wait_for_line("hold/tcp: accept failed error=Too many open files");
+    daemon.wait_for_line("hold/tcp: accept failed error=\"Too many open files\"");
     for (n, client) in clients.iter_mut().enumerate() {
         writeln!(client, "client{n}").unwrap();
     }

@@ -19,6 +19,10 @@ fn stderr_log_sends_each_line_to_the_log_tagged_with_the_pid() {
     assert_eq!(daemon.request("complain", ""), "out\n");
     let pid = daemon.wait_for_line("complain/tcp: accepted").pid();
     let first = daemon.wait_for_line(&format!("complain/tcp: stderr pid={pid} line=oops"));
+    assert_eq!(
+        first.text,
+        format!("rinetd: complain/tcp: stderr pid={pid} line=oops")
+    );
     assert_eq!(first.field("line"), "oops");
     let second = daemon.wait_for_line_after(&first, &format!("complain/tcp: stderr pid={pid} "));
     assert_eq!(second.field("line"), "second  line");

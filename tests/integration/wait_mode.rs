@@ -127,7 +127,8 @@ fn udp_wait_drops_the_trigger_a_handler_left_unread_and_is_not_restarted_for_it(
     let service = daemon.udp_address("quitter");
     let client = udp_client();
     let local = client.local_addr().unwrap();
-    let dropped = format!("quitter/udp: dropped the datagram from {local} the handler left unread");
+    let dropped =
+        format!("quitter/udp: dropped the datagram the handler left unread client={local}");
 
     client.send_to(b"never read", service).unwrap();
     let first_drop = daemon.wait_for_line(&dropped);
@@ -246,7 +247,7 @@ fn tcp_wait_handler_failing_at_once_is_restarted_only_after_a_backoff() {
     assert_eq!(answer, stream_answer("flaky", "patience"));
 
     let failed = daemon.wait_for_line(
-        "flaky/tcp: wait handler failed error=the handler exited at once with clients waiting backoff=1s",
+        "flaky/tcp: wait handler failed error=\"the handler exited at once with clients waiting\" backoff=1s",
     );
     let second = daemon.wait_for_line_after(&failed, "flaky/tcp: handed over pid=");
     daemon.wait_for_line(&format!("flaky/tcp: exited pid={} status=0 ", second.pid()));
@@ -337,7 +338,7 @@ fn udp_wait_unread_trigger_is_dropped_after_a_handler_turned_on_ip_pktinfo() {
     assert_eq!(udp_exchange(&client, address, b"first"), b"got first");
     client.send_to(b"never read", address).unwrap();
     daemon.wait_for_line(&format!(
-        "lazy/udp: dropped the datagram from {local} the handler left unread"
+        "lazy/udp: dropped the datagram the handler left unread client={local}"
     ));
     udp_sync(&daemon, &client);
     assert_eq!(
