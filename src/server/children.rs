@@ -99,6 +99,13 @@ impl Children {
         self.spare_pipe.take()
     }
 
+    /// Keeps a pipe made for a handler that is not started now, for the next one.
+    pub fn put_back_pipe(&mut self, pipe: OutputPipe) {
+        if self.spare_pipe.is_none() {
+            self.spare_pipe = Some(pipe);
+        }
+    }
+
     /// SIGTERM to every handler (the stop).
     pub fn terminate_all(&self) {
         for pid in self.running.keys() {

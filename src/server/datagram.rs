@@ -108,9 +108,11 @@ impl Server {
         let (len, peer) = match receive(socket, buf) {
             Ok(Some(got)) => got,
             Ok(None) => return Next::Empty,
+            // An error belongs to one datagram (or is an ICMP report about an earlier reply):
+            // the receive consumed it, and the next datagram is unaffected.
             Err(err) => {
                 events::receive_failed(&label(), &err);
-                return Next::Empty;
+                return Next::Skipped;
             }
         };
         if loop_protection && LOOP_PORTS.contains(&peer.port()) {
@@ -124,7 +126,7 @@ impl Server {
         match self.table.judge(id, client.ip()) {
             Ok(()) => Next::Admitted(len, peer),
             Err(Denied::Refused(reason)) => {
-                self.log_refusal(id, &client.to_string(), reason);
+                self.log_refusal(id, &client, reason);
                 Next::Skipped
             }
             Err(Denied::Gone) => Next::Empty,
@@ -193,10 +195,12 @@ impl Server {
             if let Err(err) = server.handle_datagram(id, token, datagram, peer) {
                 if is_resource_exhaustion(&err) {
                     server.back_off(id, RESOURCE_BACKOFF, "datagram dropped", &err);
-                } else if let Some(entry) = server.table.get(id) {
+                    return false;
+                }
+                // This datagram only (it did not fit its handler's stdin, say): on to the next.
+                if let Some(entry) = server.table.get(id) {
                     events::datagram_dropped(entry.label(), &err);
                 }
-                return false;
             }
             // The next datagram's pipe, before it is read.
             server.prepare_pipe(id)

@@ -35,6 +35,15 @@ impl AsRawFd for Bound {
     }
 }
 
+impl std::os::fd::AsFd for Bound {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Bound::Stream(socket) => socket.as_fd(),
+            Bound::Datagram(socket) => socket.as_fd(),
+        }
+    }
+}
+
 impl Bound {
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         match self {
@@ -50,10 +59,13 @@ pub struct Listener {
     socket: Option<Bound>,
     /// The IP address really bound (port 0 resolved), once bound.
     bound: Option<SocketAddr>,
-    /// A bind failed and a retry is scheduled (so a reload does not start a second one).
-    pub retrying: bool,
     /// Passed in by a service manager (LISTEN_FDS): its socket file is not rinetd's to remove.
     inherited: bool,
+    /// An inherited IPv6 wildcard socket that also takes IPv4 (IPV6_V6ONLY off: what systemd's
+    /// `ListenStream=PORT` gives): it serves both families' wildcards at its port.
+    both_families: bool,
+    /// Served by another listener's `both_families` socket: nothing of its own to bind.
+    covered: bool,
     /// The `wait: true` handler holding this socket (shared, and blocking) now. It belongs to
     /// the socket, not the service, so that a reload moving the socket to another service
     /// cannot let that service read from it meanwhile.
@@ -77,6 +89,11 @@ impl Listener {
 
     pub fn is_inherited(&self) -> bool {
         self.inherited
+    }
+
+    /// Bound: a socket of its own, or served by another listener's dual-stack socket.
+    pub fn is_bound(&self) -> bool {
+        self.socket.is_some() || self.covered
     }
 
     /// The listening socket to accept from, unless a `wait: true` handler holds it.
@@ -117,8 +134,9 @@ impl Listeners {
             endpoint,
             socket: None,
             bound: None,
-            retrying: false,
             inherited: false,
+            both_families: false,
+            covered: false,
             held_by: None,
         };
         self.by_token.insert(token, listener);
@@ -146,13 +164,34 @@ impl Listeners {
     /// Binds listener `token` for `service` (or takes the matching inherited socket) and
     /// registers it. On failure the listener stays unbound.
     pub fn bind(&mut self, token: Token, service: &Service, registry: &Registry) -> io::Result<()> {
-        let Some(listener) = self.by_token.get_mut(&token) else {
+        let Some(endpoint) = self.by_token.get(&token).map(|l| l.endpoint.clone()) else {
             return Ok(());
         };
         let datagram = service.protocol == Protocol::Udp;
         let options = &service.socket;
-        let inherited = take_inherited(&mut self.inherited, &listener.endpoint, datagram);
+        let inherited = take_inherited(&mut self.inherited, &endpoint, datagram);
         let is_inherited = inherited.is_some();
+        // The other wildcard of a dual-stack socket already taken: that socket serves it, and
+        // binding one of its own would only collide with it.
+        let covered_by = match (&inherited, &endpoint) {
+            (None, Endpoint::Ip(address)) if address.ip().is_unspecified() => {
+                self.by_token.values().find_map(|other| {
+                    let dual = other.both_families && other.bound?.port() == address.port();
+                    let same_kind = matches!(other.socket, Some(Bound::Datagram(_))) == datagram;
+                    (dual && same_kind && other.endpoint != endpoint).then_some(other.bound?)
+                })
+            }
+            _ => None,
+        };
+        let Some(listener) = self.by_token.get_mut(&token) else {
+            return Ok(());
+        };
+        if let Some(shared) = covered_by {
+            listener.covered = true;
+            listener.inherited = true;
+            listener.bound = Some(shared);
+            return Ok(());
+        }
         let socket = match (inherited, &listener.endpoint) {
             (Some(socket), _) => socket.set_nonblocking(true).map(|()| socket),
             (None, Endpoint::Ip(address)) if datagram => bind_udp(*address),
@@ -178,10 +217,12 @@ impl Listeners {
             token,
             Interest::READABLE,
         )?;
+        listener.both_families = is_inherited
+            && matches!(bound, Some(SocketAddr::V6(v6)) if v6.ip().is_unspecified())
+            && !only_v6(&socket);
         listener.socket = Some(socket);
         listener.bound = bound;
         listener.inherited = is_inherited;
-        listener.retrying = false;
         Ok(())
     }
 
@@ -294,10 +335,9 @@ impl Server {
                 self.runnable.push_back(token);
             }
             Err(err) => {
-                if let Some(listener) = self.listeners.get_mut(token) {
+                if let Some(listener) = self.listeners.get(token) {
                     let address = listener.endpoint.to_string();
                     events::bind_failed(entry.label(), &address, &err, BIND_RETRY);
-                    listener.retrying = true;
                     let at = Instant::now() + BIND_RETRY;
                     self.timers.schedule(at, Timer::RetryBind(token));
                 }
@@ -312,7 +352,13 @@ pub fn stamp_arrivals(socket: &impl std::os::fd::AsFd) -> io::Result<()> {
     setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
 }
 
+fn only_v6(socket: &Bound) -> bool {
+    socket2::SockRef::from(socket).only_v6().unwrap_or(true)
+}
+
 /// Takes the inherited socket that is `endpoint` (same address or path, same type), if any.
+/// A wildcard address (`0.0.0.0:P` or `[::]:P`) also takes an inherited `[::]:P` socket that
+/// accepts both families.
 fn take_inherited(
     inherited: &mut Vec<Socket>,
     endpoint: &Endpoint,
@@ -323,15 +369,28 @@ fn take_inherited(
     } else {
         socket2::Type::STREAM
     };
-    let position = inherited.iter().position(|socket| {
-        let Ok(local) = socket.local_addr() else {
-            return false;
-        };
-        let same_place = match endpoint {
-            Endpoint::Ip(address) => local.as_socket() == Some(*address),
-            Endpoint::Unix(path) => local.as_pathname() == Some(path.as_path()),
-        };
-        same_place && socket.r#type().ok() == Some(wanted)
-    })?;
+    let ours = |socket: &Socket, place: &dyn Fn(&socket2::SockAddr) -> bool| {
+        socket.r#type().ok() == Some(wanted) && socket.local_addr().is_ok_and(|local| place(&local))
+    };
+    let exact = |local: &socket2::SockAddr| match endpoint {
+        Endpoint::Ip(address) => local.as_socket() == Some(*address),
+        Endpoint::Unix(path) => local.as_pathname() == Some(path.as_path()),
+    };
+    let dual_stack = |local: &socket2::SockAddr| match (endpoint, local.as_socket()) {
+        (Endpoint::Ip(address), Some(SocketAddr::V6(local))) => {
+            address.ip().is_unspecified()
+                && local.ip().is_unspecified()
+                && local.port() == address.port()
+        }
+        _ => false,
+    };
+    let position = inherited
+        .iter()
+        .position(|socket| ours(socket, &exact))
+        .or_else(|| {
+            inherited.iter().position(|socket| {
+                ours(socket, &dual_stack) && socket.only_v6().is_ok_and(|only| !only)
+            })
+        })?;
     Some(inherited.swap_remove(position))
 }

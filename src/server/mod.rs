@@ -328,10 +328,7 @@ impl Server {
                 Timer::Timeout { pid, started } => self.terminate(Pid::from_raw(pid), started, now),
                 Timer::Kill { pid, started } => self.kill_group(Pid::from_raw(pid), started),
                 Timer::RetryBind(token) => {
-                    let unbound = self
-                        .listeners
-                        .get(token)
-                        .is_some_and(|l| l.socket().is_none());
+                    let unbound = self.listeners.get(token).is_some_and(|l| !l.is_bound());
                     if self.stopping.is_none() && unbound {
                         self.bind(token);
                     }

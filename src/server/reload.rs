@@ -13,7 +13,7 @@ use super::table::ServiceId;
 use super::{Server, SourceKind};
 use crate::config::Protocol;
 use crate::events;
-use crate::service::{Endpoint, Service};
+use crate::service::{Endpoint, Kind, Service};
 
 /// Reads, checks and resolves the table again: the services, or every error as a line.
 pub type Loader = Box<dyn FnMut() -> Result<Vec<Service>, Vec<String>>>;
@@ -96,7 +96,12 @@ pub fn plan(current: &[Current<'_>], new: &[Service]) -> Plan {
         .values()
         .map(|old| (old.service.name.as_str(), old.id))
         .collect();
-    let mut continued: HashSet<ServiceId> = HashSet::new();
+    // Names first, for the whole table: a service listed later keeps its own state even if an
+    // earlier one takes over its socket.
+    let mut continued: HashSet<ServiceId> = new
+        .iter()
+        .filter_map(|service| by_name.get(service.name.as_str()).copied())
+        .collect();
     let mut plan = Plan::default();
     for service in new {
         let identities: Vec<Identity> = service
@@ -104,16 +109,12 @@ pub fn plan(current: &[Current<'_>], new: &[Service]) -> Plan {
             .iter()
             .map(|endpoint| Identity::of(service.protocol, endpoint, &service.name))
             .collect();
-        let previous = by_name
-            .get(service.name.as_str())
-            .copied()
-            .filter(|id| !continued.contains(id))
-            .or_else(|| {
-                identities.iter().find_map(|identity| {
-                    let (id, _) = sockets.get(identity)?;
-                    (live.contains_key(id) && !continued.contains(id)).then_some(*id)
-                })
-            });
+        let previous = by_name.get(service.name.as_str()).copied().or_else(|| {
+            identities.iter().find_map(|identity| {
+                let (id, _) = sockets.get(identity)?;
+                (live.contains_key(id) && !continued.contains(id)).then_some(*id)
+            })
+        });
         let sockets_of_service = service
             .listen
             .iter()
@@ -222,6 +223,14 @@ impl Server {
                         summary.kept += 1;
                     }
                     self.table.update(id, service);
+                    // A connection held for a handler the service no longer starts.
+                    if !self
+                        .table
+                        .get(id)
+                        .is_some_and(|e| e.kind == Kind::StreamExec)
+                    {
+                        self.streams.forget(id);
+                    }
                     id
                 }
                 Target::New => {
@@ -456,5 +465,27 @@ mod tests {
         let plan = plan_for(&table, &ids, &[Service::example("other", &[]), successor]);
         assert_eq!(plan.placements[1].sockets, [Socket::Keep(Token(1))]);
         assert!(plan.close.is_empty());
+    }
+    #[test]
+    fn a_service_of_the_same_name_is_continued_even_if_a_new_one_listed_first_takes_its_socket() {
+        let old = [Service::example("a", &["127.0.0.1:7001"])];
+        let mut table = Table::default();
+        let ids = running(&mut table, &old, &[]);
+        // "x" takes a's socket; "a" itself moves to another port, and comes later in the file.
+        let new = [
+            Service::example("x", &["127.0.0.1:7001"]),
+            Service::example("a", &["127.0.0.1:7009"]),
+        ];
+        let plan = plan_for(&table, &ids, &new);
+        assert_eq!(plan.placements[0].target, Target::New);
+        assert_eq!(plan.placements[0].sockets, [Socket::Keep(Token(1))]);
+        assert_eq!(
+            plan.placements[1].target,
+            Target::Existing {
+                id: ids[0],
+                changed: true
+            },
+            "a keeps its running handlers, counts and pauses"
+        );
     }
 }

@@ -25,14 +25,14 @@ impl Server {
             let addresses: Vec<String> = listeners.iter().map(|l| l.shown()).collect();
             let phase = if entry.is_retired() {
                 "retired".to_string()
-            } else if listeners.iter().all(|l| l.socket().is_none()) {
+            } else if !listeners.iter().any(|l| l.is_bound()) {
                 "failed".to_string()
             } else if let Some(pid) = listeners.iter().find_map(|l| l.held_by) {
                 format!("waiting pid={pid}")
-            } else if let Some(pause) = entry.pause() {
+            } else if let Some(until) = entry.paused_until() {
                 format!(
                     "paused for={}",
-                    events::Seconds(pause.until.saturating_duration_since(now))
+                    events::Seconds(until.saturating_duration_since(now))
                 )
             } else if entry.is_full() {
                 "paused reason=max_children".to_string()

@@ -2,7 +2,7 @@
 //! blocking the loop, admitting or refusing clients, starting their handlers (or holding a
 //! connection whose handler cannot be started yet), and serving TCP builtins inline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -31,9 +31,10 @@ const PROXY_FIRST_LOOK: usize = 536;
 #[derive(Default)]
 pub struct Streams {
     connections: HashMap<Token, Connection>,
-    /// Per service, a connection admitted whose handler could not be started (fork failed,
-    /// or no pipe): started before anything else is accepted, once the back-off is over.
-    held: HashMap<ServiceId, Held>,
+    /// Per service, the connections admitted whose handlers could not be started yet (fork
+    /// failed, no pipe, or a back-off in progress), in arrival order: started before anything
+    /// else is accepted, once the back-off is over.
+    held: HashMap<ServiceId, VecDeque<Held>>,
 }
 
 impl Streams {
@@ -43,9 +44,28 @@ impl Streams {
         self.held.clear();
     }
 
-    /// Drops what waits for a service a reload removed.
+    /// Drops what waits for a service that no longer starts a handler per connection (a
+    /// reload removed it, or made it another kind).
     pub fn forget(&mut self, id: ServiceId) {
         self.held.remove(&id);
+    }
+
+    fn hold(&mut self, id: ServiceId, held: Held, first: bool) {
+        let queue = self.held.entry(id).or_default();
+        if first {
+            queue.push_front(held);
+        } else {
+            queue.push_back(held);
+        }
+    }
+
+    fn next_held(&mut self, id: ServiceId) -> Option<Held> {
+        let queue = self.held.get_mut(&id)?;
+        let held = queue.pop_front();
+        if queue.is_empty() {
+            self.held.remove(&id);
+        }
+        held
     }
 }
 
@@ -94,13 +114,16 @@ impl Server {
         // then waits in the backlog instead of being accepted and dropped.
         let needs_pipe = kind == Kind::StreamExec;
         for _ in 0..super::TURN {
+            // A back-off is over: first the connections that were waiting for their handlers
+            // (a rate_limit pause does not hold them back: they were accepted already).
+            if self.table.get(id).is_some_and(|e| e.may_start())
+                && let Some(held) = self.streams.next_held(id)
+            {
+                self.admit(id, held.connection, held.remote, held.local, None, true);
+                continue;
+            }
             if !self.table.get(id).is_some_and(|e| e.may_accept()) {
                 return;
-            }
-            // A back-off is over: first the connection that was waiting for its handler.
-            if let Some(held) = self.streams.held.remove(&id) {
-                self.admit(id, held.connection, held.remote, held.local, None);
-                continue;
             }
             if needs_pipe && !self.prepare_pipe(id) {
                 return;
@@ -130,7 +153,7 @@ impl Server {
                             self.await_proxy_header(id, connection, remote, local, pipe);
                         }
                         (true, _, _) => {}
-                        (false, _, _) => self.admit(id, connection, remote, local, pipe),
+                        (false, _, _) => self.admit(id, connection, remote, local, pipe, false),
                     }
                 }
                 Err(err) if would_block(&err) => return,
@@ -154,7 +177,8 @@ impl Server {
 
     /// Checks the client against the access lists and `per_source`, then starts its handler
     /// (with `pipe`, or a new one) or builtin. `remote`/`local` are None for UNIX sockets. A
-    /// handler that cannot be started leaves the connection held for the end of the back-off.
+    /// handler that cannot be started (or not now: the service backs off) leaves the connection
+    /// held for the end of the back-off: at the front of the queue if it was `held` already.
     fn admit(
         &mut self,
         id: ServiceId,
@@ -162,6 +186,7 @@ impl Server {
         remote: Option<SocketAddr>,
         local: Option<SocketAddr>,
         pipe: Option<OutputPipe>,
+        held: bool,
     ) {
         // A PROXY header may name a mapped address too.
         let (remote, local) = (remote.map(canonical), local.map(canonical));
@@ -177,6 +202,11 @@ impl Server {
             let _ = self.table.release(slot);
             return;
         };
+        // A reload may have made it a service of another kind since the connection came in.
+        if !matches!(entry.kind, Kind::StreamExec | Kind::StreamBuiltin(_)) {
+            let _ = self.table.release(slot);
+            return;
+        }
         if entry.service.socket.keepalive && remote.is_some() {
             let _ = connection.set_keepalive(true);
         }
@@ -193,7 +223,16 @@ impl Server {
         // A proxied connection was non-blocking while its header was read.
         let _ = connection.set_nonblocking(false);
         let stdio = Stdio::Connection(connection.as_raw_fd());
-        let started = match pipe.or_else(|| self.take_pipe(id)) {
+        // Backing off: nothing starts until it is over, this connection behind those held.
+        let pipe = if entry.is_backing_off() {
+            if let Some(pipe) = pipe {
+                self.children.put_back_pipe(pipe);
+            }
+            None
+        } else {
+            pipe.or_else(|| self.take_pipe(id))
+        };
+        let started = match pipe {
             Some(pipe) => self.start_handler(slot, pipe, stdio, &vars, Role::Connection),
             None => {
                 let _ = self.table.release(slot);
@@ -207,13 +246,13 @@ impl Server {
                 }
             }
             // Backing off: retried when the back-off ends (nothing else would end it).
-            None if self.table.get(id).is_some_and(|e| e.pause().is_some()) => {
-                let held = Held {
+            None if self.table.get(id).is_some_and(|e| e.is_backing_off()) => {
+                let connection = Held {
                     connection,
                     remote,
                     local,
                 };
-                self.streams.held.insert(id, held);
+                self.streams.hold(id, connection, held);
             }
             None => {}
         }
@@ -372,7 +411,14 @@ impl Server {
             Ok(addresses) => {
                 let (remote, local) = addresses.unwrap_or((pending.peer, pending.local));
                 let connection = Socket::from(pending.stream);
-                self.admit(id, connection, Some(remote), Some(local), pending.pipe);
+                self.admit(
+                    id,
+                    connection,
+                    Some(remote),
+                    Some(local),
+                    pending.pipe,
+                    false,
+                );
             }
             Err(reason) => {
                 if let Some(entry) = self.table.get(id) {

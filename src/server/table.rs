@@ -44,19 +44,6 @@ pub enum Denied {
     Gone,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PauseReason {
-    RateLimit,
-    /// Out of descriptors or processes, or a `wait: true` handler that failed at once.
-    Backoff,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pause {
-    pub until: Instant,
-    pub reason: PauseReason,
-}
-
 #[derive(Debug, Default)]
 pub struct Counters {
     pub accepted: u64,
@@ -75,7 +62,12 @@ pub struct Entry {
     per_source: HashMap<IpAddr, u32>,
     /// Accept times inside the current `rate_limit` window.
     window: VecDeque<Instant>,
-    pause: Option<Pause>,
+    /// The end of a `rate_limit` pause: nothing new is accepted until then.
+    paused_until: Option<Instant>,
+    /// The end of a back-off (out of descriptors or processes, or a `wait: true` handler that
+    /// failed at once): nothing is started until then, not even a client already accepted.
+    /// Kept apart from the pause, which may well last longer.
+    backoff_until: Option<Instant>,
     /// At `max_children` (the pause is logged once, and so is the resume).
     full: bool,
     /// A back-off has been logged and nothing has started since: the next one is quiet.
@@ -97,7 +89,8 @@ impl Entry {
             running: 0,
             per_source: HashMap::new(),
             window: VecDeque::new(),
-            pause: None,
+            paused_until: None,
+            backoff_until: None,
             full: false,
             backoff_logged: false,
             failed_spawns: 0,
@@ -114,8 +107,13 @@ impl Entry {
         self.running
     }
 
-    pub fn pause(&self) -> Option<Pause> {
-        self.pause
+    /// When accepting resumes, if it is paused or backing off.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.paused_until.max(self.backoff_until)
+    }
+
+    pub fn is_backing_off(&self) -> bool {
+        self.backoff_until.is_some()
     }
 
     pub fn is_full(&self) -> bool {
@@ -135,13 +133,22 @@ impl Entry {
 
     /// Whether a connection may be accepted (or a datagram read) now.
     pub fn may_accept(&self) -> bool {
-        !self.retired && self.pause.is_none() && self.below_max()
+        self.may_start() && self.paused_until.is_none()
+    }
+
+    /// Whether a handler may be started now for a client already accepted (a `rate_limit`
+    /// pause only holds back new ones).
+    pub fn may_start(&self) -> bool {
+        !self.retired && self.backoff_until.is_none() && self.below_max()
     }
 }
 
 #[derive(Default)]
 pub struct Table {
     entries: Vec<Entry>,
+    /// The places of retired services, to reuse once nothing counts on them: a list apart,
+    /// so that loading a table does not scan every place for each service.
+    retired: Vec<usize>,
 }
 
 impl Table {
@@ -177,10 +184,10 @@ impl Table {
     /// is one (with a new generation), so the table does not grow with reloads.
     pub fn insert(&mut self, service: Service) -> ServiceId {
         let free = self
-            .entries
+            .retired
             .iter()
-            .position(|entry| entry.retired && entry.running == 0);
-        match free {
+            .position(|index| self.entries[*index].running == 0);
+        match free.map(|position| self.retired.swap_remove(position)) {
             Some(index) => {
                 let generation = self.entries[index].generation.wrapping_add(1);
                 self.entries[index] = Entry::new(service, generation);
@@ -205,9 +212,12 @@ impl Table {
     /// Removed by a reload: accepts nothing more; its place is reused once its last slot is
     /// given back.
     pub fn retire(&mut self, id: ServiceId) {
-        if let Some(entry) = self.get_mut(id) {
+        if let Some(entry) = self.get_mut(id)
+            && !entry.retired
+        {
             entry.retired = true;
             entry.listeners.clear();
+            self.retired.push(id.index as usize);
         }
     }
 
@@ -293,10 +303,7 @@ impl Table {
         }
         entry.window.clear();
         let until = now + limit.pause;
-        entry.pause = Some(Pause {
-            until,
-            reason: PauseReason::RateLimit,
-        });
+        entry.paused_until = Some(until);
         events::paused_rate_limit(entry.label(), limit.pause);
         Some(until)
     }
@@ -308,31 +315,29 @@ impl Table {
         let Some(entry) = self.get_mut(id) else {
             return (until, false);
         };
-        entry.pause = Some(Pause {
-            until,
-            reason: PauseReason::Backoff,
-        });
+        entry.backoff_until = Some(entry.backoff_until.map_or(until, |old| old.max(until)));
         let first = !entry.backoff_logged;
         entry.backoff_logged = true;
         (until, first)
     }
 
-    /// A pause's time is up: true if the service may accept again (its waiting clients are
-    /// then to be served).
+    /// A pause's or back-off's time may be up: true if something ended (its waiting clients
+    /// are then to be served).
     pub fn resume(&mut self, id: ServiceId, now: Instant) -> bool {
         let Some(entry) = self.get_mut(id) else {
             return false;
         };
-        match entry.pause {
-            Some(pause) if pause.until <= now => {
-                entry.pause = None;
-                if pause.reason == PauseReason::RateLimit {
-                    events::resumed(entry.label());
-                }
-                true
-            }
-            _ => false,
+        let mut ended = false;
+        if entry.paused_until.is_some_and(|until| until <= now) {
+            entry.paused_until = None;
+            events::resumed(entry.label());
+            ended = true;
         }
+        if entry.backoff_until.is_some_and(|until| until <= now) {
+            entry.backoff_until = None;
+            ended = true;
+        }
+        ended
     }
 
     /// A handler could not be started.

@@ -68,10 +68,11 @@ impl Fingerprint {
     }
 }
 
-/// The first datagram in the queue, as a fingerprint, without taking it. Control messages that
-/// do not fit are left out (the kernel says so with MSG_CTRUNC): the fingerprint then has no
-/// arrival time, but the datagram is still there.
-fn peek_fingerprint(socket: &UdpSocket) -> Option<Fingerprint> {
+/// The first datagram in the queue, as a fingerprint, without taking it (None: the queue is
+/// empty). Control messages that do not fit are left out (the kernel says so with MSG_CTRUNC):
+/// the fingerprint then has no arrival time, but the datagram is still there. An error is the
+/// socket's pending one (an ICMP report about an earlier datagram), which the call consumed.
+fn peek_fingerprint(socket: &UdpSocket) -> io::Result<Option<Fingerprint>> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut control = vec![0u8; CONTROL_ROOM];
@@ -80,21 +81,29 @@ fn peek_fingerprint(socket: &UdpSocket) -> Option<Fingerprint> {
         &mut iov,
         Some(&mut control),
         MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-    )
-    .ok()?;
+    );
+    let message = match message {
+        Ok(message) => message,
+        Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
     let arrived = message.cmsgs().ok().and_then(|mut cmsgs| {
         cmsgs.find_map(|cmsg| match cmsg {
             ControlMessageOwned::ScmTimestampns(at) => Some((at.tv_sec(), at.tv_nsec())),
             _ => None,
         })
     });
-    let sender = message.address.as_ref().and_then(socket_address)?;
+    let sender = message
+        .address
+        .as_ref()
+        .and_then(socket_address)
+        .ok_or_else(|| io::Error::other("a datagram without a sender"))?;
     let len = message.bytes;
-    Some(Fingerprint::of(
+    Ok(Some(Fingerprint::of(
         sender,
         &buf[..len.min(MAX_DATAGRAM)],
         arrived,
-    ))
+    )))
 }
 
 fn socket_address(storage: &SockaddrStorage) -> Option<SocketAddr> {
@@ -157,6 +166,12 @@ impl Server {
         let Some(pipe) = self.take_pipe(id) else {
             return;
         };
+        // A datagram was counted when it was looked at; a connection is counted here.
+        if trigger.is_none()
+            && let Some(until) = self.table.count_accept(id, Instant::now())
+        {
+            self.timers.schedule(until, super::Timer::Resume(id));
+        }
         let slot = match self.table.admit(id, None) {
             Ok(slot) => slot,
             Err(Denied::Gone | Denied::Refused(_)) => return,
@@ -180,7 +195,19 @@ impl Server {
     fn first_datagram(&mut self, id: ServiceId, token: Token) -> Option<Fingerprint> {
         for _ in 0..super::TURN {
             let socket = self.listeners.get(token)?.datagram()?;
-            let fingerprint = peek_fingerprint(socket)?;
+            let fingerprint = match peek_fingerprint(socket) {
+                Ok(Some(fingerprint)) => fingerprint,
+                Ok(None) => return None,
+                // Consumed by the look: the datagrams behind it get their turn soon, as no
+                // new event would announce them.
+                Err(err) => {
+                    if let Some(entry) = self.table.get(id) {
+                        events::receive_failed(entry.label(), &err);
+                    }
+                    self.runnable.push_back(token);
+                    return None;
+                }
+            };
             let client = canonical(fingerprint.sender);
             // Only the client is judged here: the handler's slot is taken when it starts, for
             // no client in particular (it serves whoever comes).
@@ -192,9 +219,12 @@ impl Server {
                     return Some(fingerprint);
                 }
                 Err(Denied::Refused(reason)) => {
-                    self.log_refusal(id, &client.to_string(), reason);
+                    self.log_refusal(id, &client, reason);
                     let socket = self.listeners.get(token)?.datagram()?;
-                    discard_one(socket).ok()?;
+                    if discard_one(socket).is_err() {
+                        self.runnable.push_back(token);
+                        return None;
+                    }
                 }
                 Err(Denied::Gone) => return None,
             }
@@ -246,6 +276,8 @@ impl Server {
                 }
                 if let Some(trigger) = trigger
                     && peek_fingerprint(socket)
+                        .ok()
+                        .flatten()
                         .is_some_and(|first| first.is_same_datagram(&trigger))
                 {
                     let _ = discard_one(socket);

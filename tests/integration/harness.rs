@@ -286,7 +286,14 @@ impl Daemon {
     }
 
     /// Starts `command` with stderr collected, and waits for the `ready` log line.
-    pub fn spawn(mut command: Command) -> Daemon {
+    pub fn spawn(command: Command) -> Daemon {
+        let daemon = Daemon::start_command(command);
+        daemon.wait_for_line("ready services=");
+        daemon
+    }
+
+    /// Starts `command` with stderr collected, without waiting for anything.
+    pub fn start_command(mut command: Command) -> Daemon {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -297,13 +304,11 @@ impl Daemon {
         let stderr = child.stderr.take().expect("piped stderr");
         let shared = Arc::clone(&log);
         thread::spawn(move || collect_lines(stderr, &shared));
-        let daemon = Daemon {
+        Daemon {
             child,
             log,
             reaped: None,
-        };
-        daemon.wait_for_line("ready services=");
-        daemon
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -476,8 +481,12 @@ fn keep_log(pid: i32, lines: &[String]) {
     static KEPT: AtomicUsize = AtomicUsize::new(0);
     let n = KEPT.fetch_add(1, Ordering::Relaxed);
     let path = Path::new(&folder).join(format!("{}-{pid}-{n}.log", std::process::id()));
-    let mut text = lines.join("\n");
-    text.push('\n');
+    // Only rinetd's own lines: a wrapper (systemd-socket-activate) may write to the same stderr.
+    let mut text = String::new();
+    for line in lines.iter().filter(|line| line.starts_with("rinetd: ")) {
+        text.push_str(line);
+        text.push('\n');
+    }
     let _ = fs::create_dir_all(&folder);
     let _ = fs::write(path, text);
 }

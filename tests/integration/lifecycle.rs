@@ -1,7 +1,7 @@
 //! The daemon's life around the services: sd_notify messages, socket activation of rinetd
 //! itself (LISTEN_FDS), bind retry while a port is taken, and the SIGUSR1 status dump.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::harness::{Daemon, Service, TestDir};
+use crate::harness::{Daemon, Service, TestDir, connect, exchange, free_port_on_both_families};
 
 fn signal(daemon: &Daemon, signal: Signal) {
     kill(Pid::from_raw(daemon.pid()), signal).expect("signal the daemon");
@@ -220,4 +220,94 @@ impl Drop for KillOnDrop {
             let _ = self.0.wait();
         }
     }
+}
+
+/// `rinetd -f` for `config`, started by the real systemd-socket-activate listening on `port`
+/// (as `ListenStream=PORT` does: one `[::]:PORT` socket that takes IPv4 too), or None where the
+/// machine lacks the tool. The tool starts rinetd at the first connection: `first_client`
+/// makes it, once the socket listens, and its stream is returned too.
+fn socket_activated(
+    config: &std::path::Path,
+    port: u16,
+    first_client: std::net::SocketAddr,
+) -> Option<(Daemon, std::net::TcpStream)> {
+    let tool = [
+        "/usr/bin/systemd-socket-activate",
+        "/lib/systemd/systemd-activate",
+    ]
+    .into_iter()
+    .find(|path| std::path::Path::new(path).exists())?;
+    let rinetd = Daemon::command(config);
+    let mut command = Command::new(tool);
+    command
+        .arg("--listen")
+        .arg(port.to_string())
+        .arg(rinetd.get_program())
+        .args(rinetd.get_args());
+    let daemon = Daemon::start_command(command);
+    daemon.wait_for_line(&format!("Listening on [::]:{port}"));
+    let client = connect(first_client);
+    daemon.wait_for_line("ready services=");
+    Some((daemon, client))
+}
+
+#[test]
+fn a_socket_activated_dual_stack_socket_serves_a_service_on_the_ipv4_wildcard() {
+    // ListenStream=PORT hands over [::]:PORT with IPV6_V6ONLY off. A service on 0.0.0.0:PORT
+    // used to bind its own socket against it, fail with "address in use", close the inherited
+    // one as unclaimed and serve nothing.
+    let dir = TestDir::new("activate-dual-v4");
+    let server = dir.script("hello.sh", "echo \"hello $REMOTE_ADDR\"");
+    let port = free_port_on_both_families();
+    let config = dir.services_config(&[Service::new("web", &server)
+        .set("address", "0.0.0.0")
+        .set("port", &port.to_string())]);
+    let first_client = (Ipv4Addr::LOCALHOST, port).into();
+    let Some((daemon, first)) = socket_activated(&config, port, first_client) else {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    daemon.wait_for_line(&format!(
+        "web/tcp: listening address=[::]:{port} inherited=true"
+    ));
+    assert_eq!(exchange(first, ""), "hello 127.0.0.1\n");
+    let answer = exchange(connect((Ipv4Addr::LOCALHOST, port).into()), "");
+    // The IPv4 client arrives as ::ffff:127.0.0.1 and is its IPv4 address.
+    assert_eq!(answer, "hello 127.0.0.1\n");
+    assert_eq!(
+        daemon.count_lines("bind failed"),
+        0,
+        "{:#?}",
+        daemon.lines()
+    );
+    assert_eq!(daemon.count_lines("claimed by no service"), 0);
+}
+
+#[test]
+fn a_socket_activated_dual_stack_socket_serves_both_wildcards_of_one_service() {
+    let dir = TestDir::new("activate-dual-both");
+    let server = dir.script("hello.sh", "echo \"hello $REMOTE_ADDR\"");
+    let port = free_port_on_both_families();
+    let config = dir.services_config(&[Service::new("web", &server)
+        .set("address", "[0.0.0.0, \"::\"]")
+        .set("port", &port.to_string())]);
+    let first_client = (Ipv6Addr::LOCALHOST, port).into();
+    let Some((daemon, first)) = socket_activated(&config, port, first_client) else {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    assert_eq!(exchange(first, ""), "hello ::1\n");
+    let four = exchange(connect((Ipv4Addr::LOCALHOST, port).into()), "");
+    let six = exchange(connect((Ipv6Addr::LOCALHOST, port).into()), "");
+    assert_eq!(
+        (four.as_str(), six.as_str()),
+        ("hello 127.0.0.1\n", "hello ::1\n")
+    );
+    assert_eq!(
+        daemon.count_lines("bind failed"),
+        0,
+        "{:#?}",
+        daemon.lines()
+    );
+    assert_eq!(daemon.count_lines("web/tcp: listening address="), 2);
 }

@@ -198,3 +198,195 @@ fn with_proxy_protocol_descriptor_exhaustion_drops_connections() {
         assert_eq!(answer, format!("done client{n}\n"), "client {n}");
     }
 }
+
+#[test]
+fn a_proxy_connection_held_across_a_fork_backoff_is_not_replaced_by_the_next_one() {
+    // Two PROXY clients whose headers complete while fork fails: both are held for the end of
+    // the back-off, neither is closed.
+    let cgroup = match is_root()
+        .then(|| PidsCgroup::new("fork-proxy-held", 2))
+        .flatten()
+    {
+        Some(cgroup) => cgroup,
+        None => {
+            eprintln!("skipped: needs root and the cgroup v1 pids controller to make fork fail");
+            return;
+        }
+    };
+    let dir = TestDir::new("fork-fails-proxy");
+    let daemon = Daemon::start(&dir, &[holding_service(&dir).set("proxy_protocol", "true")]);
+    cgroup.add(daemon.pid());
+    // The daemon and one handler fill the cgroup.
+    let mut first = daemon.connect("hold");
+    write!(first, "PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\n").unwrap();
+    daemon.wait_for_line("hold/tcp: accepted client=192.0.2.1:1000 pid=");
+    // Both headers come in one turn of the loop: the first one's fork fails, and the second
+    // comes in during the back-off.
+    let mut second = daemon.connect("hold");
+    let mut third = daemon.connect("hold");
+    write!(second, "PROXY TCP4 192.0.2.1 192.0.2.2 1001 80\r\nb\n").unwrap();
+    write!(third, "PROXY TCP4 192.0.2.1 192.0.2.2 1002 80\r\nc\n").unwrap();
+    daemon.wait_for_line("hold/tcp: fork failed error=");
+    writeln!(first, "a").unwrap();
+    assert_eq!(read_line(&mut first), "done a");
+    assert_eq!(read_line(&mut second), "done b", "{:#?}", daemon.lines());
+    assert_eq!(read_line(&mut third), "done c", "{:#?}", daemon.lines());
+}
+
+#[test]
+fn a_connection_held_across_a_fork_backoff_is_not_left_hanging_by_a_reload_to_wait_mode() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::io::Read;
+    use std::time::Duration;
+    let cgroup = match is_root()
+        .then(|| PidsCgroup::new("fork-held-reload", 2))
+        .flatten()
+    {
+        Some(cgroup) => cgroup,
+        None => {
+            eprintln!("skipped: needs root and the cgroup v1 pids controller to make fork fail");
+            return;
+        }
+    };
+    let dir = TestDir::new("fork-held-reload");
+    let daemon = Daemon::start(&dir, &[holding_service(&dir)]);
+    cgroup.add(daemon.pid());
+    let mut first = daemon.connect("hold");
+    daemon.accepted("hold", &first);
+    let mut held = daemon.connect("hold");
+    writeln!(held, "h").unwrap();
+    let failed = daemon.wait_for_line("hold/tcp: fork failed error=");
+    // Within the back-off: the service becomes `wait: true` on the same (kept) socket.
+    dir.services_config(&[holding_service(&dir).set("wait", "true")]);
+    kill(Pid::from_raw(daemon.pid()), Signal::SIGHUP).unwrap();
+    daemon.wait_for_line_after(&failed, "reloaded ");
+    writeln!(first, "x").unwrap();
+    assert_eq!(read_line(&mut first), "done x");
+    // The held connection is answered or closed; it is not left open with nobody on it.
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    match held.read(&mut buf) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!(
+            "the held connection was left hanging: {e}\n{:#?}",
+            daemon.lines()
+        ),
+    }
+}
+
+#[test]
+fn a_fork_backoff_does_not_cut_a_rate_limit_pause_short() {
+    let cgroup = match is_root().then(|| PidsCgroup::new("fork-rate", 2)).flatten() {
+        Some(cgroup) => cgroup,
+        None => {
+            eprintln!("skipped: needs root and the cgroup v1 pids controller to make fork fail");
+            return;
+        }
+    };
+    let dir = TestDir::new("fork-rate");
+    let service = holding_service(&dir).set("rate_limit", "{max: 2, per: 60s, pause: 30s}");
+    let daemon = Daemon::start(&dir, &[service]);
+    cgroup.add(daemon.pid());
+    let mut first = daemon.connect("hold");
+    daemon.accepted("hold", &first);
+    // The second accept fills the rate window (a 30 s pause) and its fork fails (a 1 s back-off).
+    let mut second = daemon.connect("hold");
+    writeln!(second, "b").unwrap();
+    daemon.wait_for_line("hold/tcp: paused reason=rate_limit");
+    daemon.wait_for_line("hold/tcp: fork failed error=");
+    writeln!(first, "a").unwrap();
+    assert_eq!(read_line(&mut first), "done a");
+    assert_eq!(read_line(&mut second), "done b");
+    // The back-off is over (b was served), the 30 s rate-limit pause is not.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid()),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let status = daemon.wait_for_line("hold/tcp: status ");
+    let left: f64 = status
+        .field("for")
+        .trim_end_matches('s')
+        .parse()
+        .unwrap_or_else(|_| panic!("not paused: {}", status.text));
+    assert!(left > 10.0, "the pause was cut short: {}", status.text);
+}
+
+#[test]
+fn a_datagram_that_cannot_be_handed_to_its_handler_does_not_strand_the_ones_behind_it() {
+    // Non-root only, with small pipes: a user over fs.pipe-user-pages-soft gets pipes of 2 pages,
+    // so a 20,000-byte datagram does not fit its handler's stdin pipe and is dropped. The
+    // datagram queued behind it must still be served, without a new one arriving to wake the
+    // service.
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::time::Duration;
+    if !is_root() {
+        eprintln!("skipped: needs root to run rinetd and a pipe hog as nobody");
+        return;
+    }
+    let dir = TestDir::new("udp-small-pipes");
+    let hog_script = dir.write(
+        "hog.py",
+        "import os, resource, sys, time\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))\n\
+         pipes = [os.pipe() for _ in range(1100)]\n\
+         print('ready', flush=True)\n\
+         time.sleep(60)\n",
+        0o644,
+    );
+    let mut hog = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "/usr/bin/python3",
+        ])
+        .arg(&hog_script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the pipe hog");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hog.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready, "ready\n");
+    let service = Service::new("cat", Path::new("/bin/cat"))
+        .set("protocol", "udp")
+        .set("wait", "false");
+    let config = dir.services_config(&[service]);
+    let as_nobody = [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+    ];
+    let daemon = Daemon::spawn(wrapped(&as_nobody, &config));
+    let target = daemon.udp_address("cat");
+    let client = crate::harness::udp_client();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    // Both datagrams are queued before rinetd looks at either.
+    let pid = Pid::from_raw(daemon.pid());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    client.send_to(&vec![b'x'; 20_000], target).unwrap();
+    client.send_to(b"small", target).unwrap();
+    kill(pid, Signal::SIGCONT).unwrap();
+    daemon.wait_for_line("cat/udp: datagram dropped error=");
+    let mut buf = vec![0u8; 65_536];
+    let got = client.recv_from(&mut buf);
+    let _ = hog.kill();
+    let _ = hog.wait();
+    let (len, _) = got.unwrap_or_else(|e| {
+        panic!(
+            "the datagram behind the dropped one was not served: {e}\n{}",
+            daemon.lines().join("\n")
+        )
+    });
+    assert_eq!(&buf[..len], b"small");
+}
