@@ -86,9 +86,11 @@ deps:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	sh tests/debian-stock.sh target/debian-stock
-	@# The logfmt parser that checks the log lines (PyPI).
-	@python3 -c 'import logfmt' 2>/dev/null || python3 -m pip install --quiet logfmt==0.4 \
-		|| python3 -m pip install --quiet --break-system-packages logfmt==0.4
+	@# From PyPI: the logfmt parser that checks the log lines, and the Prometheus text parser
+	@# that reads the metrics builtin's scrapes.
+	@python3 -c 'import logfmt, prometheus_client' 2>/dev/null \
+		|| python3 -m pip install --quiet logfmt==0.4 prometheus_client \
+		|| python3 -m pip install --quiet --break-system-packages logfmt==0.4 prometheus_client
 
 # Every log line the integration tests make rinetd write is kept and checked: logfmt, and one of
 # the shapes docs/log-events.md lists.

@@ -75,7 +75,7 @@ pub enum StderrMode {
     Null,
 }
 
-/// The services RFC 862-868 define, served inside rinetd's event loop.
+/// The services served inside rinetd's event loop: those RFC 862-868 define, and `metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {
     Echo,
@@ -83,6 +83,8 @@ pub enum Builtin {
     Chargen,
     Daytime,
     Time,
+    /// rinetd's own counters over HTTP, for Prometheus.
+    Metrics,
 }
 
 impl Builtin {
@@ -93,12 +95,13 @@ impl Builtin {
             .map_or("builtin", |(name, _)| name)
     }
 
-    pub const ALL: [(&'static str, Builtin); 5] = [
+    pub const ALL: [(&'static str, Builtin); 6] = [
         ("echo", Builtin::Echo),
         ("discard", Builtin::Discard),
         ("chargen", Builtin::Chargen),
         ("daytime", Builtin::Daytime),
         ("time", Builtin::Time),
+        ("metrics", Builtin::Metrics),
     ];
 }
 

@@ -14,7 +14,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::table::{ServiceId, Slot};
+use super::table::{Outcome, ServiceId, Slot};
 use super::timers::TimerId;
 use super::wait::Fingerprint;
 use super::{Server, SourceKind, Timer, would_block};
@@ -123,10 +123,14 @@ impl Children {
     }
 }
 
-fn describe(status: WaitStatus) -> Option<(Pid, String)> {
+/// The pid, the status as logged, and the outcome as counted, of an exit.
+fn describe(status: WaitStatus) -> Option<(Pid, String, Outcome)> {
     match status {
-        WaitStatus::Exited(pid, code) => Some((pid, code.to_string())),
-        WaitStatus::Signaled(pid, signal, _) => Some((pid, format!("signal:{}", signal.as_str()))),
+        WaitStatus::Exited(pid, 0) => Some((pid, "0".to_string(), Outcome::Success)),
+        WaitStatus::Exited(pid, code) => Some((pid, code.to_string(), Outcome::Failure)),
+        WaitStatus::Signaled(pid, signal, _) => {
+            Some((pid, format!("signal:{}", signal.as_str()), Outcome::Signal))
+        }
         _ => None,
     }
 }
@@ -289,8 +293,8 @@ impl Server {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
                 Ok(status) => {
-                    if let Some((pid, status)) = describe(status) {
-                        self.child_exited(pid, &status);
+                    if let Some((pid, status, outcome)) = describe(status) {
+                        self.child_exited(pid, &status, outcome);
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => {}
@@ -302,7 +306,7 @@ impl Server {
         }
     }
 
-    fn child_exited(&mut self, pid: Pid, status: &str) {
+    fn child_exited(&mut self, pid: Pid, status: &str, outcome: Outcome) {
         // Not ours (an orphan adopted as init of a pid namespace, say): nothing to do.
         let Some(child) = self.children.running.remove(&pid) else {
             return;
@@ -312,8 +316,9 @@ impl Server {
         }
         let lived = child.started.elapsed();
         let id = child.service;
-        if let Some(entry) = self.table.get(id) {
+        if let Some(entry) = self.table.get_mut(id) {
             events::exited(entry.label(), pid.as_raw(), status, lived);
+            entry.counters.exited(outcome, lived);
         }
         if let Some(output) = child.output {
             self.read_output(output, true);

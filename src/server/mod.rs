@@ -9,6 +9,7 @@
 mod children;
 mod datagram;
 mod listeners;
+mod metrics;
 mod reload;
 mod status;
 mod stream;
@@ -63,7 +64,8 @@ pub(super) enum Timer {
         started: Instant,
     },
     RetryBind(Token),
-    ProxyDeadline(Token),
+    /// A PROXY header or an HTTP request head (the `metrics` builtin) is late.
+    HeadDeadline(Token),
     StopDeadline,
 }
 
@@ -92,6 +94,8 @@ pub struct Server {
     /// handler exited): served before the loop sleeps again.
     pub(super) runnable: VecDeque<Token>,
     stopping: Option<Instant>,
+    /// The daemon's own counters, for the `metrics` builtin.
+    daemon: metrics::Daemon,
 }
 
 pub(super) fn is_resource_exhaustion(err: &io::Error) -> bool {
@@ -133,6 +137,7 @@ impl Server {
             timers: Timers::new(),
             runnable: VecDeque::new(),
             stopping: None,
+            daemon: metrics::Daemon::new(),
         };
         for service in services {
             let endpoints = service.listen.clone();
@@ -333,7 +338,7 @@ impl Server {
                         self.bind(token);
                     }
                 }
-                Timer::ProxyDeadline(token) => self.proxy_deadline(token),
+                Timer::HeadDeadline(token) => self.head_deadline(token),
                 Timer::StopDeadline => self.children.kill_all(),
             }
         }

@@ -164,8 +164,10 @@ impl Server {
             Ok(services) => {
                 events::reload_checked(started.elapsed());
                 self.apply(services);
+                self.daemon.reloads_ok += 1;
             }
             Err(errors) => {
+                self.daemon.reloads_failed += 1;
                 for error in &errors {
                     events::reload_error(error);
                 }

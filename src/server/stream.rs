@@ -15,7 +15,7 @@ use super::children::{RESOURCE_BACKOFF, Role};
 use super::table::{Denied, ServiceId, Slot};
 use super::timers::TimerId;
 use super::{Server, SourceKind, Timer, canonical, is_resource_exhaustion, would_block};
-use crate::builtin::{Step, StreamBuiltin};
+use crate::builtin::{Machine, Step};
 use crate::config::Builtin;
 use crate::events;
 use crate::proxy::{self, Parsed};
@@ -24,6 +24,8 @@ use crate::spawn::{OutputPipe, Stdio, address_vars};
 
 /// How long a client behind `proxy_protocol: true` has to send its header.
 const PROXY_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a client of the `metrics` builtin has to send its request head.
+const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// Most PROXY headers fit in this; only a v2 header with large TLVs needs a longer look.
 const PROXY_FIRST_LOOK: usize = 536;
 
@@ -79,7 +81,9 @@ struct BuiltinConnection {
     slot: Slot,
     remote: Option<SocketAddr>,
     socket: Socket,
-    machine: StreamBuiltin,
+    machine: Machine,
+    /// `metrics`: the 5 s its request head has, cancelled when it is answered.
+    deadline: Option<TimerId>,
     started: Instant,
 }
 
@@ -278,12 +282,17 @@ impl Server {
             }
             return;
         }
+        let deadline = (builtin == Builtin::Metrics).then(|| {
+            let at = Instant::now() + HEAD_DEADLINE;
+            self.timers.schedule(at, Timer::HeadDeadline(token))
+        });
         let connection = BuiltinConnection {
             slot,
             remote,
             socket,
-            machine: StreamBuiltin::new(builtin, SystemTime::now()),
+            machine: Machine::new(builtin, SystemTime::now()),
             started: Instant::now(),
+            deadline,
         };
         self.streams
             .connections
@@ -301,6 +310,18 @@ impl Server {
                     Step::Wait => {}
                     Step::Again => self.runnable.push_back(token),
                     Step::Close => self.close_builtin(token),
+                    Step::Render => {
+                        let body = self.render_metrics();
+                        if let Some(Connection::Builtin(connection)) =
+                            self.streams.connections.get_mut(&token)
+                        {
+                            connection.machine.answer(&body);
+                            if let Some(deadline) = connection.deadline.take() {
+                                self.timers.cancel(deadline);
+                            }
+                        }
+                        self.runnable.push_back(token);
+                    }
                 }
             }
             Some(Connection::Proxy(_)) => self.read_proxy(token, hung_up),
@@ -313,6 +334,9 @@ impl Server {
             return;
         };
         self.deregister(&connection.socket);
+        if let Some(deadline) = connection.deadline {
+            self.timers.cancel(deadline);
+        }
         let shown = events::Client(connection.remote);
         if let Some(entry) = self.table.get(connection.slot.service()) {
             events::closed(entry.label(), &shown, connection.started.elapsed());
@@ -351,7 +375,7 @@ impl Server {
             stream: TcpStream::from(connection),
             peer,
             local,
-            deadline: self.timers.schedule(deadline, Timer::ProxyDeadline(token)),
+            deadline: self.timers.schedule(deadline, Timer::HeadDeadline(token)),
             pipe,
         };
         self.streams
@@ -428,9 +452,17 @@ impl Server {
         }
     }
 
-    pub(super) fn proxy_deadline(&mut self, token: Token) {
-        let Some(Connection::Proxy(pending)) = self.streams.connections.remove(&token) else {
-            return;
+    /// A request head (a PROXY header, or the `metrics` builtin's HTTP request) is not in
+    /// after its time.
+    pub(super) fn head_deadline(&mut self, token: Token) {
+        let pending = match self.streams.connections.remove(&token) {
+            Some(Connection::Proxy(pending)) => pending,
+            Some(connection @ Connection::Builtin(_)) => {
+                self.streams.connections.insert(token, connection);
+                self.close_builtin(token);
+                return;
+            }
+            None => return,
         };
         self.deregister(&pending.stream);
         if let Some(entry) = self.table.get(pending.slot.service()) {

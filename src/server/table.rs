@@ -44,11 +44,52 @@ pub enum Denied {
     Gone,
 }
 
+/// Upper bounds (seconds) of the handler run-time histogram's buckets; +Inf is implied.
+pub const RUN_TIME_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
+];
+
+/// What the status dump and the `metrics` builtin report about a service.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub accepted: u64,
     pub refused: BTreeMap<Refusal, u64>,
     pub spawn_failures: u64,
+    /// Handlers reaped: exit status 0, another status, a signal.
+    pub exits_success: u64,
+    pub exits_failure: u64,
+    pub exits_signal: u64,
+    /// Handlers run per bucket of `RUN_TIME_BUCKETS` (not cumulative), and the total time.
+    pub run_time_buckets: [u64; RUN_TIME_BUCKETS.len() + 1],
+    pub run_time_sum: f64,
+    /// Handlers started; for supervised and `wait: true` services, those after the first
+    /// are restarts.
+    pub started: u64,
+}
+
+/// How a handler ended, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    Signal,
+}
+
+impl Counters {
+    pub fn exited(&mut self, outcome: Outcome, lived: Duration) {
+        match outcome {
+            Outcome::Success => self.exits_success += 1,
+            Outcome::Failure => self.exits_failure += 1,
+            Outcome::Signal => self.exits_signal += 1,
+        }
+        let seconds = lived.as_secs_f64();
+        let bucket = RUN_TIME_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(RUN_TIME_BUCKETS.len());
+        self.run_time_buckets[bucket] += 1;
+        self.run_time_sum += seconds;
+    }
 }
 
 pub struct Entry {
@@ -352,6 +393,7 @@ impl Table {
     /// had failed before it, if any did.
     pub fn spawned(&mut self, id: ServiceId) -> Option<u64> {
         let entry = self.get_mut(id)?;
+        entry.counters.started += 1;
         entry.backoff_logged = false;
         let failed = std::mem::take(&mut entry.failed_spawns);
         (failed > 0).then_some(failed)

@@ -18,6 +18,7 @@ mod includes;
 mod inetd_format;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod packaging;
 mod privileges;
 mod proxy_protocol;
