@@ -1,5 +1,6 @@
-//! sd_notify(3) without libsystemd: READY=1, RELOADING=1 and STOPPING=1 as datagrams to
-//! $NOTIFY_SOCKET (a path, or an abstract name written with a leading '@').
+//! sd_notify(3) without libsystemd: READY=1 (with a STATUS= line), RELOADING=1, STOPPING=1 and
+//! the watchdog's WATCHDOG=1 as datagrams to $NOTIFY_SOCKET (a path, or an abstract name
+//! written with a leading '@').
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -7,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
+    /// Half the service manager's watchdog timeout (`WATCHDOG_USEC`), when it set one for us.
+    watchdog: Option<std::time::Duration>,
 }
 
 impl Notifier {
@@ -19,7 +22,24 @@ impl Notifier {
             };
             Some((UnixDatagram::unbound().ok()?, address))
         });
-        Notifier { target }
+        let ours = std::env::var("WATCHDOG_PID")
+            .ok()
+            .is_none_or(|pid| pid.parse::<u32>().ok() == Some(std::process::id()));
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|usec| usec.parse::<u64>().ok())
+            .filter(|usec| *usec > 0 && ours && target.is_some())
+            .map(|usec| std::time::Duration::from_micros(usec / 2));
+        Notifier { target, watchdog }
+    }
+
+    /// How often to send WATCHDOG=1, if the service manager watches rinetd.
+    pub fn watchdog_interval(&self) -> Option<std::time::Duration> {
+        self.watchdog
+    }
+
+    pub fn watchdog(&self) {
+        self.send("WATCHDOG=1");
     }
 
     fn send(&self, message: &str) {
@@ -30,8 +50,11 @@ impl Notifier {
         }
     }
 
-    pub fn ready(&self) {
-        self.send("READY=1");
+    /// Ready (again), with a line for `systemctl status`.
+    pub fn ready(&self, status: &str) {
+        if self.target.is_some() {
+            self.send(&format!("READY=1\nSTATUS={status}"));
+        }
     }
 
     /// systemd wants the monotonic clock with RELOADING=1 (Type=notify-reload); the wall clock

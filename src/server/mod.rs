@@ -67,6 +67,8 @@ pub(super) enum Timer {
     /// A PROXY header or an HTTP request head (the `metrics` builtin) is late.
     HeadDeadline(Token),
     StopDeadline,
+    /// Time to tell the service manager's watchdog rinetd is alive.
+    Watchdog,
 }
 
 /// What the server needs from its surroundings.
@@ -201,7 +203,12 @@ impl Server {
         }
         on_ready()?;
         events::ready(self.table.ids().len(), self.listeners.bound_count());
-        notifier.ready();
+        notifier.ready(&self.status_line());
+        if let Some(interval) = notifier.watchdog_interval() {
+            notifier.watchdog();
+            self.timers
+                .schedule(Instant::now() + interval, Timer::Watchdog);
+        }
         let mut events = Events::with_capacity(256);
         loop {
             let timeout = if self.runnable.is_empty() {
@@ -247,13 +254,13 @@ impl Server {
                 if pending.reload && self.stopping.is_none() {
                     notifier.reloading();
                     self.reload(&mut load);
-                    notifier.ready();
+                    notifier.ready(&self.status_line());
                 }
                 if pending.status {
                     self.status();
                 }
             }
-            self.fire_timers();
+            self.fire_timers(&notifier);
             if self.stopping.is_some() && self.children.is_empty() {
                 events::stopped();
                 return Ok(());
@@ -321,7 +328,7 @@ impl Server {
         }
     }
 
-    fn fire_timers(&mut self) {
+    fn fire_timers(&mut self, notifier: &Notifier) {
         let now = Instant::now();
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
@@ -340,6 +347,12 @@ impl Server {
                 }
                 Timer::HeadDeadline(token) => self.head_deadline(token),
                 Timer::StopDeadline => self.children.kill_all(),
+                Timer::Watchdog => {
+                    notifier.watchdog();
+                    if let Some(interval) = notifier.watchdog_interval() {
+                        self.timers.schedule(now + interval, Timer::Watchdog);
+                    }
+                }
             }
         }
     }

@@ -8,6 +8,35 @@ use crate::events;
 use super::Server;
 
 impl Server {
+    /// One line for the service manager (`STATUS=`): services, sockets, and the services with
+    /// a socket still to be bound, by name.
+    pub(super) fn status_line(&self) -> String {
+        let mut services = 0;
+        let mut unbound = Vec::new();
+        for (_, entry) in self.table.entries().filter(|(_, e)| !e.is_retired()) {
+            services += 1;
+            let bound = entry
+                .listeners
+                .iter()
+                .all(|token| self.listeners.get(*token).is_some_and(|l| l.is_bound()));
+            if !bound {
+                unbound.push(entry.service.name.as_str());
+            }
+        }
+        let mut line = format!(
+            "serving {services} services on {} sockets",
+            self.listeners.bound_count()
+        );
+        if !unbound.is_empty() {
+            let shown = unbound.len().min(10);
+            line.push_str(&format!("; not bound yet: {}", unbound[..shown].join(", ")));
+            if unbound.len() > shown {
+                line.push_str(&format!(" and {} more", unbound.len() - shown));
+            }
+        }
+        line
+    }
+
     pub(super) fn status(&self) {
         let shown: Vec<_> = self
             .table

@@ -38,14 +38,20 @@ fn sd_notify_ready_reloading_and_stopping() {
     let mut command = Daemon::command(&dir.services_config(&[Service::new("hello", &server)]));
     command.env("NOTIFY_SOCKET", &notify_path);
     let mut daemon = Daemon::spawn(command);
-    assert_eq!(next_notification(&listener), "READY=1");
+    assert_eq!(
+        next_notification(&listener),
+        "READY=1\nSTATUS=serving 1 services on 1 sockets"
+    );
     signal(&daemon, Signal::SIGHUP);
     let reloading = next_notification(&listener);
     assert!(
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
         "{reloading:?}"
     );
-    assert_eq!(next_notification(&listener), "READY=1");
+    assert_eq!(
+        next_notification(&listener),
+        "READY=1\nSTATUS=serving 1 services on 1 sockets"
+    );
     daemon.stop();
     assert_eq!(next_notification(&listener), "STOPPING=1");
 }
@@ -310,4 +316,33 @@ fn a_socket_activated_dual_stack_socket_serves_both_wildcards_of_one_service() {
         daemon.lines()
     );
     assert_eq!(daemon.count_lines("web/tcp: listening address="), 2);
+}
+
+#[test]
+fn sd_notify_status_names_the_services_not_bound_yet_and_the_watchdog_is_fed() {
+    let dir = TestDir::new("sd-notify-status");
+    let server = dir.script("hello.sh", "echo hello");
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let notify_path = dir.join("notify.sock");
+    let listener = UnixDatagram::bind(&notify_path).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut command = Daemon::command(&dir.services_config(&[
+        Service::new("hello", &server),
+        Service::new("busy", &server).set("port", &port.to_string()),
+    ]));
+    // A watchdog of 400 ms: rinetd says it is alive every 200 ms.
+    command
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000");
+    let _daemon = Daemon::spawn(command);
+    assert_eq!(
+        next_notification(&listener),
+        "READY=1\nSTATUS=serving 2 services on 1 sockets; not bound yet: busy"
+    );
+    for _ in 0..3 {
+        assert_eq!(next_notification(&listener), "WATCHDOG=1");
+    }
 }
