@@ -226,6 +226,42 @@ pub fn stderr_line(label: &str, pid: i32, line: &str) {
     info!("{label}: stderr pid={pid} line={}", Value(line));
 }
 
+/// A line a supervised program without a socket wrote on its stdout.
+pub fn stdout_line(label: &str, pid: i32, line: &str) {
+    info!("{label}: stdout pid={pid} line={}", Value(line));
+}
+
+// ---- supervised programs -------------------------------------------------------------------
+
+pub fn started(label: &str, pid: i32) {
+    info!("{label}: started pid={pid}");
+}
+
+/// A supervised program exited and will be started again after `restart_in`.
+pub fn exited_restart(label: &str, pid: i32, status: &str, lived: Duration, restart_in: Duration) {
+    info!(
+        "{label}: exited pid={pid} status={status} duration={} restart_in={}",
+        Seconds(lived),
+        Configured(restart_in)
+    );
+}
+
+pub fn program_ready(label: &str, pid: i32) {
+    info!("{label}: ready pid={pid}");
+}
+
+pub fn program_stopping(label: &str, pid: i32) {
+    info!("{label}: stopping pid={pid}");
+}
+
+/// A supervised program a reload stopped did not end within its grace.
+pub fn program_killed(label: &str, pid: i32, grace: Duration) {
+    warn!(
+        "{label}: killed pid={pid} after={} signal=SIGKILL",
+        Configured(grace)
+    );
+}
+
 pub fn spawn_failed(label: &str, pid: i32, reason: &str) {
     warn!("{label}: spawn failed pid={pid} error={}", Value(reason));
 }

@@ -18,8 +18,9 @@ pub struct ChildPlan<'a> {
     pub stdin: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
-    /// `wait: true`: the listening socket, which becomes fd 3 too and goes back to blocking mode.
-    pub listening: Option<RawFd>,
+    /// Sockets handed over (`wait: true`, supervised): they become fds 3, 4, … in blocking
+    /// mode. At most MAX_SOCKETS.
+    pub listening: &'a [RawFd],
     /// The digits of the child's own pid go here (a buffer inside the `LISTEN_PID=` entry of
     /// `envp`, long enough for any pid and its NUL), since the parent cannot know them.
     pub listen_pid: Option<*mut u8>,
@@ -34,6 +35,9 @@ pub struct ChildPlan<'a> {
     pub cwd: &'a CStr,
     pub credentials: Option<(&'a [gid_t], gid_t, libc::uid_t)>,
 }
+
+/// The most sockets a child can be handed (the child has no heap to hold more).
+pub const MAX_SOCKETS: usize = 16;
 
 /// Prefix of the line a failing child writes to its report fd; the parent logs it as
 /// `spawn failed`.
@@ -55,21 +59,31 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
         {
             fail(report, b"dup2", None);
         }
-        let mut keep_from: libc::c_uint = 3;
-        if let Some(listening) = plan.listening {
-            if report == 3 {
-                report = libc::fcntl(3, libc::F_DUPFD_CLOEXEC, 4);
+        let sockets = &plan.listening[..plan.listening.len().min(MAX_SOCKETS)];
+        let first_free = 3 + sockets.len() as c_int;
+        if !sockets.is_empty() {
+            if (3..first_free).contains(&report) {
+                report = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, first_free);
             }
-            // dup2 onto itself would leave close-on-exec set, so clear it explicitly.
-            if (listening != 3 && libc::dup2(listening, 3) < 0)
-                || libc::fcntl(3, libc::F_SETFD, 0) < 0
-            {
-                fail(report, b"dup2", None);
+            // Every socket is first copied above the target fds, so that no dup2 overwrites a
+            // socket still to be placed (one may sit at 3, say).
+            let mut above = [0 as RawFd; MAX_SOCKETS];
+            for (copy, socket) in above.iter_mut().zip(sockets) {
+                *copy = libc::fcntl(*socket, libc::F_DUPFD_CLOEXEC, first_free);
+                if *copy < 0 {
+                    fail(report, b"dup", None);
+                }
             }
-            let flags = libc::fcntl(3, libc::F_GETFL);
-            libc::fcntl(3, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-            keep_from = 4;
+            for (target, copy) in (3..first_free).zip(&above) {
+                // The copies are close-on-exec, and so is dup2's result: cleared explicitly.
+                if libc::dup2(*copy, target) < 0 || libc::fcntl(target, libc::F_SETFD, 0) < 0 {
+                    fail(report, b"dup2", None);
+                }
+                let flags = libc::fcntl(target, libc::F_GETFL);
+                libc::fcntl(target, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
         }
+        let keep_from = first_free as libc::c_uint;
         if let Some(slot) = plan.listen_pid {
             write_decimal(slot, libc::getpid() as u32);
         }

@@ -206,10 +206,15 @@ pub enum Kind {
     DatagramBuiltin(Builtin),
     /// tcp/unix/udp wait: the socket itself is handed to one handler at a time.
     Wait,
+    /// `respawn: true`: one program kept running, with the sockets (if any) handed over.
+    Supervised,
 }
 
 impl Service {
     pub fn kind(&self) -> Kind {
+        if self.supervise.is_some() {
+            return Kind::Supervised;
+        }
         let stream = self.protocol != Protocol::Udp;
         match (&self.handler, stream) {
             (Handler::Builtin(builtin), true) => Kind::StreamBuiltin(*builtin),

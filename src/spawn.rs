@@ -26,11 +26,18 @@ use crate::signals;
 pub enum Stdio {
     /// nowait stream: the connection is fd 0 and fd 1 (and fd 2 with `stderr: socket`).
     Connection(RawFd),
-    /// wait: the listening (or UDP) socket is fd 0, 1 and 3, with LISTEN_FDS.
-    Listening(RawFd),
+    /// wait, or a supervised program with sockets: the sockets are fds 3, 4, … with
+    /// LISTEN_FDS, and the first of them is fd 0 and 1 too.
+    Listening(Vec<RawFd>),
     /// A UDP datagram: stdin reads it, stdout (and stderr with `stderr: socket`) is the reply.
     Datagram { request: RawFd, reply: RawFd },
+    /// A supervised program without a socket: stdin is /dev/null, stdout goes to `stdout`
+    /// (a pipe to the log; /dev/null with `stderr: null`).
+    Detached { stdout: RawFd },
 }
+
+/// The most sockets one handler can be given (fds 3 to 3 + MAX_SOCKETS - 1).
+pub const MAX_SOCKETS: usize = crate::exec::MAX_SOCKETS;
 
 /// Starts handlers: what every handler gets from rinetd's own start-up state, prepared once.
 pub struct Spawner {
@@ -101,6 +108,16 @@ pub struct OutputPipe {
 }
 
 impl OutputPipe {
+    /// The end the handler writes to.
+    pub fn writer_fd(&self) -> RawFd {
+        self.writer.as_raw_fd()
+    }
+
+    /// The reading and the writing end.
+    pub fn into_ends(self) -> (OwnedFd, OwnedFd) {
+        (self.reader, self.writer)
+    }
+
     pub fn new() -> io::Result<OutputPipe> {
         let (reader, writer) = pipe2(OFlag::O_CLOEXEC)?;
         nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
@@ -157,17 +174,30 @@ impl Spawner {
         // other.
         let listen_pid_entry = listen_pid.as_mut_ptr();
         let listen_pid_ptr: *const libc::c_char = listen_pid_entry.cast_const().cast();
-        let (stdin, stdout, socket, listening) = match stdio {
-            Stdio::Connection(fd) => (fd, fd, fd, None),
-            Stdio::Listening(fd) => (fd, fd, fd, Some(fd)),
-            Stdio::Datagram { request, reply } => (request, reply, reply, None),
+        let null = dev_null.as_raw_fd();
+        let (stdin, stdout, socket, listening) = match &stdio {
+            Stdio::Connection(fd) => (*fd, *fd, *fd, &[][..]),
+            Stdio::Listening(fds) => match fds.first() {
+                Some(first) if fds.len() <= MAX_SOCKETS => (*first, *first, *first, &fds[..]),
+                _ => {
+                    return Err(io::Error::other(
+                        "between 1 and 16 sockets can be handed over",
+                    ));
+                }
+            },
+            Stdio::Datagram { request, reply } => (*request, *reply, *reply, &[][..]),
+            Stdio::Detached { stdout } if plan.stderr == StderrMode::Null => {
+                (null, null, null, &[][..])
+            }
+            Stdio::Detached { stdout } => (null, *stdout, null, &[][..]),
         };
+        let handed_over = !listening.is_empty();
         let envp: Vec<*const libc::c_char> = plan
             .fixed_env
             .iter()
             .chain(&connection_vars)
             .map(|s| s.as_ptr())
-            .chain(listening.map(|_| listen_pid_ptr))
+            .chain(handed_over.then_some(listen_pid_ptr))
             .chain(std::iter::once(std::ptr::null()))
             .collect();
         let argv: Vec<*const libc::c_char> = plan
@@ -209,9 +239,13 @@ impl Spawner {
             writer: output_writer,
         } = pipe;
         let (stderr, report) = match plan.stderr {
+            // Without a socket there is nowhere else for stderr than the log.
+            StderrMode::Log | StderrMode::Socket if socket == null => {
+                (output_writer.as_raw_fd(), 2)
+            }
             StderrMode::Log => (output_writer.as_raw_fd(), 2),
             StderrMode::Socket => (socket, output_writer.as_raw_fd()),
-            StderrMode::Null => (dev_null.as_raw_fd(), output_writer.as_raw_fd()),
+            StderrMode::Null => (null, output_writer.as_raw_fd()),
         };
         let child_plan = ChildPlan {
             path: &plan.path,
@@ -223,7 +257,7 @@ impl Spawner {
             listening,
             // SAFETY (of the pointer arithmetic): the entry is LISTEN_PID_SLOT long, so the digits'
             // room starts inside it and holds 11 bytes.
-            listen_pid: listening.map(|_| listen_pid_entry.wrapping_add(b"LISTEN_PID=".len())),
+            listen_pid: handed_over.then(|| listen_pid_entry.wrapping_add(b"LISTEN_PID=".len())),
             report,
             reset_signals,
             rlimits: &rlimits,

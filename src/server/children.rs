@@ -47,6 +47,8 @@ pub enum Role {
     },
     /// A datagram's handler; its reply is collected under `reply`.
     Datagram { reply: Token },
+    /// A supervised service's program.
+    Supervised,
 }
 
 pub struct Child {
@@ -54,8 +56,10 @@ pub struct Child {
     slot: Slot,
     pub started: Instant,
     pub role: Role,
-    /// Its output pipe, closed when it is reaped.
+    /// Its output pipe (stderr, or the report of a failed exec), closed when it is reaped.
     output: Option<Token>,
+    /// A supervised program's stdout pipe, when it has no socket.
+    stdout: Option<Token>,
     /// Its pending `timeout` (SIGTERM) or, after that, SIGKILL timer, cancelled at its exit.
     deadline: Option<TimerId>,
 }
@@ -66,6 +70,8 @@ struct Output {
     pid: Pid,
     pipe: File,
     partial: Vec<u8>,
+    /// A supervised program's stdout (else stderr).
+    stdout: bool,
 }
 
 pub struct Children {
@@ -104,6 +110,11 @@ impl Children {
         if self.spare_pipe.is_none() {
             self.spare_pipe = Some(pipe);
         }
+    }
+
+    /// When handler `pid` was started, while it runs.
+    pub fn started(&self, pid: Pid) -> Option<Instant> {
+        self.running.get(&pid).map(|child| child.started)
     }
 
     /// SIGTERM to every handler (the stop).
@@ -200,7 +211,7 @@ impl Server {
         }
         let now = Instant::now();
         let pid = spawned.pid;
-        let output = self.watch_output(label, pid, spawned.output);
+        let output = self.watch_output(label, pid, spawned.output, false);
         let deadline = timeout.map(|timeout| {
             let timer = Timer::Timeout {
                 pid: pid.as_raw(),
@@ -214,13 +225,30 @@ impl Server {
             started: now,
             role,
             output,
+            stdout: None,
             deadline,
         };
         self.children.running.insert(pid, child);
         Some(pid)
     }
 
-    fn watch_output(&mut self, label: String, pid: Pid, output: OwnedFd) -> Option<Token> {
+    /// Logs the lines of a supervised program's stdout (`pipe` from its start).
+    pub(super) fn watch_stdout(&mut self, label: &str, pid: Pid, pipe: OutputPipe) {
+        let (reader, writer) = pipe.into_ends();
+        drop(writer);
+        let token = self.watch_output(label.to_string(), pid, reader, true);
+        if let Some(child) = self.children.running.get_mut(&pid) {
+            child.stdout = token;
+        }
+    }
+
+    fn watch_output(
+        &mut self,
+        label: String,
+        pid: Pid,
+        output: OwnedFd,
+        stdout: bool,
+    ) -> Option<Token> {
         let token = self.tokens.next(SourceKind::Output);
         match self.register(&output, token, Interest::READABLE) {
             Ok(()) => {
@@ -229,6 +257,7 @@ impl Server {
                     pid,
                     pipe: File::from(output),
                     partial: Vec::new(),
+                    stdout,
                 };
                 self.children.outputs.insert(token, output);
                 Some(token)
@@ -316,17 +345,22 @@ impl Server {
         }
         let lived = child.started.elapsed();
         let id = child.service;
+        let supervised = matches!(child.role, Role::Supervised);
         if let Some(entry) = self.table.get_mut(id) {
-            events::exited(entry.label(), pid.as_raw(), status, lived);
+            // A supervised program's exit is logged with what comes next (program_exited).
+            if !supervised {
+                events::exited(entry.label(), pid.as_raw(), status, lived);
+            }
             entry.counters.exited(outcome, lived);
         }
-        if let Some(output) = child.output {
+        for output in [child.output, child.stdout].into_iter().flatten() {
             self.read_output(output, true);
         }
         match child.role {
             Role::Connection => {}
             Role::Wait { listener, trigger } => self.wait_ended(listener, trigger, lived),
             Role::Datagram { reply } => self.send_reply(reply),
+            Role::Supervised => self.program_exited(id, pid, status, lived),
         }
         if let Some(runnable) = self.table.release(child.slot) {
             self.wake(runnable);
@@ -375,10 +409,16 @@ impl Server {
             return;
         }
         let label = self.table.get(child.service).map(|e| e.label().to_string());
+        let supervised = matches!(child.role, Role::Supervised);
         if killpg(pid, Signal::SIGKILL).is_ok()
             && let Some(label) = label
         {
-            events::timeout(&label, pid.as_raw(), "SIGKILL");
+            // A supervised program's grace was the one of a reload's stop, not a timeout.
+            if supervised {
+                events::program_killed(&label, pid.as_raw(), super::supervise::STOP_GRACE);
+            } else {
+                events::timeout(&label, pid.as_raw(), "SIGKILL");
+            }
         }
     }
 }
@@ -388,6 +428,7 @@ fn log_output_line(output: &Output, line: &[u8]) {
     let text = text.strip_suffix('\r').unwrap_or(&text);
     match text.strip_prefix(REPORT_PREFIX) {
         Some(reason) => events::spawn_failed(&output.label, output.pid.as_raw(), reason),
+        None if output.stdout => events::stdout_line(&output.label, output.pid.as_raw(), text),
         None => events::stderr_line(&output.label, output.pid.as_raw(), text),
     }
 }

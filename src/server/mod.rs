@@ -13,6 +13,7 @@ mod metrics;
 mod reload;
 mod status;
 mod stream;
+mod supervise;
 mod table;
 mod timers;
 mod tokens;
@@ -69,6 +70,8 @@ pub(super) enum Timer {
     StopDeadline,
     /// Time to tell the service manager's watchdog rinetd is alive.
     Watchdog,
+    /// A supervised program's back-off is over.
+    Respawn(ServiceId),
 }
 
 /// What the server needs from its surroundings.
@@ -98,6 +101,7 @@ pub struct Server {
     stopping: Option<Instant>,
     /// The daemon's own counters, for the `metrics` builtin.
     daemon: metrics::Daemon,
+    pub(super) supervisor: supervise::Supervisor,
 }
 
 pub(super) fn is_resource_exhaustion(err: &io::Error) -> bool {
@@ -140,6 +144,7 @@ impl Server {
             runnable: VecDeque::new(),
             stopping: None,
             daemon: metrics::Daemon::new(),
+            supervisor: supervise::Supervisor::default(),
         };
         for service in services {
             let endpoints = service.listen.clone();
@@ -184,6 +189,8 @@ impl Server {
             mut load,
             notifier,
         } = hooks;
+        // Called once every `notify: true` program is ready (or has failed to start).
+        let mut on_ready = Some(on_ready);
         // In the table's order, which the log shows.
         let tokens: Vec<Token> = self
             .table
@@ -201,16 +208,21 @@ impl Server {
         for token in std::mem::take(&mut self.runnable) {
             self.dispatch(token, false);
         }
-        on_ready()?;
-        events::ready(self.table.ids().len(), self.listeners.bound_count());
-        notifier.ready(&self.status_line());
-        if let Some(interval) = notifier.watchdog_interval() {
-            notifier.watchdog();
-            self.timers
-                .schedule(Instant::now() + interval, Timer::Watchdog);
-        }
+        self.start_due_programs();
         let mut events = Events::with_capacity(256);
         loop {
+            if on_ready.is_some() && self.supervisor.awaiting_ready.is_empty() {
+                if let Some(on_ready) = on_ready.take() {
+                    on_ready()?;
+                }
+                events::ready(self.table.ids().len(), self.listeners.bound_count());
+                notifier.ready(&self.status_line());
+                if let Some(interval) = notifier.watchdog_interval() {
+                    notifier.watchdog();
+                    self.timers
+                        .schedule(Instant::now() + interval, Timer::Watchdog);
+                }
+            }
             let timeout = if self.runnable.is_empty() {
                 let now = Instant::now();
                 self.timers
@@ -254,7 +266,11 @@ impl Server {
                 if pending.reload && self.stopping.is_none() {
                     notifier.reloading();
                     self.reload(&mut load);
-                    notifier.ready(&self.status_line());
+                    self.start_due_programs();
+                    // Before the first READY=1, the one at the start says it.
+                    if on_ready.is_none() {
+                        notifier.ready(&self.status_line());
+                    }
                 }
                 if pending.status {
                     self.status();
@@ -275,6 +291,7 @@ impl Server {
             Some(SourceKind::Output) => self.read_output(token, false),
             Some(SourceKind::Connection) => self.drive_connection(token, hung_up),
             Some(SourceKind::Reply) => self.read_reply(token),
+            Some(SourceKind::Notify) => self.read_notify(token),
             Some(SourceKind::Signal) | None => {}
         }
     }
@@ -291,8 +308,14 @@ impl Server {
             Some(Kind::DatagramExec) => self.datagrams_to_handlers(id, token),
             Some(Kind::DatagramBuiltin(builtin)) => self.datagrams_to_builtin(id, token, builtin),
             Some(Kind::Wait) => self.hand_over(id, token),
+            // The program has the sockets; rinetd only keeps them open.
+            Some(Kind::Supervised) => {}
             None => {}
         }
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
     }
 
     /// `id` may have clients waiting that no new event will announce: serve it this turn.
@@ -347,6 +370,7 @@ impl Server {
                 }
                 Timer::HeadDeadline(token) => self.head_deadline(token),
                 Timer::StopDeadline => self.children.kill_all(),
+                Timer::Respawn(id) => self.respawn(id),
                 Timer::Watchdog => {
                     notifier.watchdog();
                     if let Some(interval) = notifier.watchdog_interval() {

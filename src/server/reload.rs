@@ -210,6 +210,7 @@ impl Server {
             }
             self.table.retire(*id);
             self.streams.forget(*id);
+            self.stop_program(*id, false);
         }
         for token in &plan.close {
             self.listeners.close(*token, self.poll.registry());
@@ -223,6 +224,15 @@ impl Server {
                         summary.changed.push(service.name.clone());
                     } else {
                         summary.kept += 1;
+                    }
+                    // A supervised program runs on untouched if nothing changed; otherwise it
+                    // is stopped, and started again with the new settings if it is still one.
+                    let was_supervised = self
+                        .table
+                        .get(id)
+                        .is_some_and(|e| e.kind == Kind::Supervised);
+                    if was_supervised && changed {
+                        self.stop_program(id, service.supervise.is_some());
                     }
                     self.table.update(id, service);
                     // A connection held for a handler the service no longer starts.

@@ -45,14 +45,17 @@ impl Server {
             .collect();
         events::status(shown.len(), self.children.len());
         let now = Instant::now();
-        for (_, entry) in shown {
+        for (id, entry) in shown {
             let listeners: Vec<_> = entry
                 .listeners
                 .iter()
                 .filter_map(|token| self.listeners.get(*token))
                 .collect();
             let addresses: Vec<String> = listeners.iter().map(|l| l.shown()).collect();
-            let phase = if entry.is_retired() {
+            let supervised = self.supervisor.state(id).filter(|_| !entry.is_retired());
+            let phase = if let Some(supervision) = supervised {
+                supervision.describe(now)
+            } else if entry.is_retired() {
                 "retired".to_string()
             } else if !listeners.iter().any(|l| l.is_bound()) {
                 "failed".to_string()

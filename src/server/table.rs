@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use mio::Token;
 
+use super::supervise::Restarts;
 use crate::events;
 use crate::service::{Kind, Refusal, Service};
 
@@ -115,6 +116,8 @@ pub struct Entry {
     backoff_logged: bool,
     /// Handlers that could not be started since the last one that could.
     failed_spawns: u64,
+    /// A `wait: true` handler's restart delay while it keeps failing.
+    pub wait_restarts: Restarts,
     pub counters: Counters,
     /// Removed by a reload: no listener, kept only until its last slot is given back.
     retired: bool,
@@ -135,6 +138,7 @@ impl Entry {
             full: false,
             backoff_logged: false,
             failed_spawns: 0,
+            wait_restarts: Restarts::default(),
             counters: Counters::default(),
             retired: false,
         }

@@ -15,14 +15,17 @@ pub enum SourceKind {
     Connection,
     /// A per-datagram handler's reply pipe.
     Reply,
+    /// A supervised program's NOTIFY_SOCKET.
+    Notify,
 }
 
-const KINDS: [SourceKind; 5] = [
+const KINDS: [SourceKind; 6] = [
     SourceKind::Signal,
     SourceKind::Listener,
     SourceKind::Output,
     SourceKind::Connection,
     SourceKind::Reply,
+    SourceKind::Notify,
 ];
 const KIND_BITS: usize = 3;
 pub const SIGNAL_TOKEN: Token = Token(0);

@@ -14,14 +14,17 @@ use socket2::Socket;
 
 use super::children::Role;
 use super::listeners::{Bound, stamp_arrivals};
+use super::supervise::Restarts;
 use super::table::{Denied, ServiceId};
 use super::{Server, canonical};
 use crate::events;
 use crate::spawn::Stdio;
 
-/// A `wait: true` stream handler that fails sooner than this is not restarted before it has
-/// passed: the connection it left in the backlog would otherwise restart it in a loop.
-const WAIT_RESTART_DELAY: Duration = Duration::from_secs(1);
+/// A `wait: true` stream handler that exits sooner than this with clients still waiting has
+/// failed: it is restarted after a delay (doubling from 1 s up to `respawn_max_delay` while it
+/// keeps failing), since the connection it left in the backlog would otherwise restart it in a
+/// loop.
+const WAIT_STABLE: Duration = Duration::from_secs(1);
 /// Room for the control messages a datagram may carry. rinetd asks for one (the arrival time),
 /// but a `wait: true` handler may turn on any option on the socket it was handed (tftpd-hpa sets
 /// IP_PKTINFO), and each adds a message to every later datagram.
@@ -180,7 +183,7 @@ impl Server {
             listener: token,
             trigger,
         };
-        if let Some(pid) = self.start_handler(slot, pipe, Stdio::Listening(fd), &vars, role)
+        if let Some(pid) = self.start_handler(slot, pipe, Stdio::Listening(vec![fd]), &vars, role)
             && let Some(listener) = self.listeners.get_mut(token)
         {
             listener.held_by = Some(pid);
@@ -285,10 +288,18 @@ impl Server {
                 }
             }
             Bound::Stream(socket) => {
-                if lived < WAIT_RESTART_DELAY && readable_now(socket) {
-                    let err = "the handler exited at once with clients waiting";
-                    self.back_off(owner, WAIT_RESTART_DELAY, "wait handler failed", &err);
+                let failed = lived < WAIT_STABLE && readable_now(socket);
+                let Some(entry) = self.table.get_mut(owner) else {
+                    return;
+                };
+                if !failed {
+                    entry.wait_restarts = Restarts::default();
+                    return;
                 }
+                let max = entry.service.restart_max_delay;
+                let delay = entry.wait_restarts.after_exit(lived, WAIT_STABLE, max);
+                let err = "the handler exited at once with clients waiting";
+                self.back_off(owner, delay, "wait handler failed", &err);
             }
         }
     }
