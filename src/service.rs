@@ -149,6 +149,26 @@ impl Default for SourcePrefix {
     }
 }
 
+impl SourcePrefix {
+    /// The group `client` is counted in: its address with the bits past the prefix cleared.
+    pub fn group(self, client: IpAddr) -> IpAddr {
+        match client {
+            IpAddr::V4(address) => {
+                let keep = u32::MAX
+                    .checked_shl(32 - u32::from(self.ipv4.min(32)))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(address) & keep).into())
+            }
+            IpAddr::V6(address) => {
+                let keep = u128::MAX
+                    .checked_shl(128 - u32::from(self.ipv6.min(128)))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(address) & keep).into())
+            }
+        }
+    }
+}
+
 /// The default `respawn_max_delay`.
 pub const RESTART_MAX_DELAY: Duration = Duration::from_secs(60);
 
@@ -170,6 +190,7 @@ pub enum Refusal {
     NoAccess,
     OnlyFrom,
     PerSource,
+    PerSourceRate,
 }
 
 impl Refusal {
@@ -178,6 +199,7 @@ impl Refusal {
             Refusal::NoAccess => "no_access",
             Refusal::OnlyFrom => "only_from",
             Refusal::PerSource => "per_source",
+            Refusal::PerSourceRate => "per_source_rate",
         }
     }
 }

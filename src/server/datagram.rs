@@ -123,7 +123,7 @@ impl Server {
             self.timers.schedule(until, Timer::Resume(id));
         }
         let client = canonical(peer);
-        match self.table.judge(id, client.ip()) {
+        match self.table.judge(id, client.ip(), Instant::now()) {
             Ok(()) => Next::Admitted(len, peer),
             Err(Denied::Refused(reason)) => {
                 self.log_refusal(id, &client, reason);
@@ -246,7 +246,7 @@ impl Server {
         let Some(pipe) = self.take_pipe(id) else {
             return Ok(());
         };
-        let Ok(slot) = self.table.admit(id, Some(client.ip())) else {
+        let Ok(slot) = self.table.occupy(id, Some(client.ip())) else {
             return Ok(());
         };
         let Some(pid) = self.start_handler(slot, pipe, stdio, &vars, role) else {

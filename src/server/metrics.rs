@@ -25,7 +25,12 @@ impl Daemon {
     }
 }
 
-const REFUSALS: [Refusal; 3] = [Refusal::OnlyFrom, Refusal::NoAccess, Refusal::PerSource];
+const REFUSALS: [Refusal; 4] = [
+    Refusal::OnlyFrom,
+    Refusal::NoAccess,
+    Refusal::PerSource,
+    Refusal::PerSourceRate,
+];
 
 /// A family's `# HELP` and `# TYPE` lines.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +26,12 @@ use crate::spawn::{OutputPipe, Stdio, address_vars};
 const PROXY_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a client of the `metrics` builtin has to send its request head.
 const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections one client (its `source_prefix` group) may have waiting for their PROXY header.
+const WAITING_PER_SOURCE: u32 = 32;
+/// Connections still sending their PROXY header may hold at most this share of a service's
+/// `max_children` (or this many if it has none): silent clients cannot take every place.
+const WAITING_SHARE: u32 = 2;
+const WAITING_UNLIMITED: usize = 1024;
 /// Most PROXY headers fit in this; only a v2 header with large TLVs needs a longer look.
 const PROXY_FIRST_LOOK: usize = 536;
 
@@ -37,6 +43,35 @@ pub struct Streams {
     /// failed, no pipe, or a back-off in progress), in arrival order: started before anything
     /// else is accepted, once the back-off is over.
     held: HashMap<ServiceId, VecDeque<Held>>,
+    /// Per service, the connections still sending their PROXY header, oldest first.
+    waiting: HashMap<ServiceId, Waiting>,
+}
+
+/// Connections waiting for their PROXY header: how many (per client group too), and their
+/// tokens oldest first (finished ones are dropped from the front lazily).
+#[derive(Default)]
+struct Waiting {
+    tokens: VecDeque<Token>,
+    count: usize,
+    per_source: HashMap<IpAddr, u32>,
+}
+
+impl Waiting {
+    fn add(&mut self, token: Token, group: IpAddr) {
+        self.tokens.push_back(token);
+        self.count += 1;
+        *self.per_source.entry(group).or_default() += 1;
+    }
+
+    fn remove(&mut self, group: IpAddr) {
+        self.count = self.count.saturating_sub(1);
+        if let Some(count) = self.per_source.get_mut(&group) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&group);
+            }
+        }
+    }
 }
 
 impl Streams {
@@ -50,6 +85,46 @@ impl Streams {
     /// reload removed it, or made it another kind).
     pub fn forget(&mut self, id: ServiceId) {
         self.held.remove(&id);
+    }
+
+    fn waiting(&mut self, id: ServiceId) -> &mut Waiting {
+        self.waiting.entry(id).or_default()
+    }
+
+    /// Adds connection `token` to `id`'s waiting list. The tokens of connections that are over
+    /// are left in the list; once they outnumber the others they are dropped, so the list
+    /// stays within about twice the connections really waiting.
+    fn start_waiting(&mut self, id: ServiceId, token: Token, group: IpAddr) {
+        let waiting = self.waiting.entry(id).or_default();
+        waiting.add(token, group);
+        if waiting.tokens.len() > 2 * waiting.count + 64 {
+            let connections = &self.connections;
+            waiting
+                .tokens
+                .retain(|token| matches!(connections.get(token), Some(Connection::Proxy(_))));
+        }
+    }
+
+    /// The oldest connection of `id` still waiting for its header, taken out.
+    /// The oldest connection of `id` still waiting for its header.
+    fn oldest_waiting(&mut self, id: ServiceId) -> Option<Token> {
+        let waiting = self.waiting.get_mut(&id)?;
+        while let Some(token) = waiting.tokens.front().copied() {
+            if matches!(self.connections.get(&token), Some(Connection::Proxy(p)) if p.waiting) {
+                return Some(token);
+            }
+            waiting.tokens.pop_front();
+        }
+        None
+    }
+
+    /// A connection of `id`'s waiting list is over (its header is in, or it was closed).
+    fn stop_waiting(&mut self, id: ServiceId, pending: &PendingProxy) {
+        if pending.waiting
+            && let Some(waiting) = self.waiting.get_mut(&id)
+        {
+            waiting.remove(pending.group);
+        }
     }
 
     fn hold(&mut self, id: ServiceId, held: Held, first: bool) {
@@ -91,6 +166,10 @@ struct BuiltinConnection {
 /// `max_children` meanwhile, so slow proxies cannot pile up without bound.
 struct PendingProxy {
     slot: Slot,
+    /// The real peer's group (`source_prefix`), for the limit of waiting connections per client.
+    group: IpAddr,
+    /// Counted among the connections waiting for their header (it was not in at once).
+    waiting: bool,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -194,7 +273,7 @@ impl Server {
     ) {
         // A PROXY header may name a mapped address too.
         let (remote, local) = (remote.map(canonical), local.map(canonical));
-        let slot = match self.table.admit(id, remote.map(|r| r.ip())) {
+        let slot = match self.table.admit(id, remote.map(|r| r.ip()), Instant::now()) {
             Ok(slot) => slot,
             Err(Denied::Refused(reason)) => {
                 self.log_refusal(id, &events::Client(remote), reason);
@@ -346,7 +425,11 @@ impl Server {
         }
     }
 
-    /// Registers a connection whose PROXY header is still to come.
+    /// Registers a connection whose PROXY header is still to come, and reads it if it is there
+    /// already (a proxy sends it at once). Only a connection whose header is not in counts as
+    /// waiting: one client may have WAITING_PER_SOURCE of those, and all of them together at
+    /// most a share of `max_children`, the oldest giving way to the newest, so a flood of silent
+    /// connections can neither take every place nor keep out a client that sends its header.
     fn await_proxy_header(
         &mut self,
         id: ServiceId,
@@ -355,23 +438,35 @@ impl Server {
         local: SocketAddr,
         pipe: Option<OutputPipe>,
     ) {
+        let Some(entry) = self.table.get(id) else {
+            return;
+        };
+        let label = entry.label().to_string();
+        let group = entry.service.limits.source_prefix.group(peer.ip());
+        let cap = entry
+            .service
+            .limits
+            .max_children
+            .map_or(WAITING_UNLIMITED, |max| {
+                (max.get() / WAITING_SHARE).max(1) as usize
+            });
         let token = self.tokens.next(SourceKind::Connection);
         let registered = connection
             .set_nonblocking(true)
             .and_then(|()| self.register(&connection, token, Interest::READABLE));
         if let Err(err) = registered {
-            if let Some(entry) = self.table.get(id) {
-                events::cannot_serve(entry.label(), &err);
-            }
+            events::cannot_serve(&label, &err);
             return;
         }
-        let Ok(slot) = self.table.admit(id, None) else {
+        let Ok(slot) = self.table.occupy(id, None) else {
             self.deregister(&connection);
             return;
         };
         let deadline = Instant::now() + PROXY_DEADLINE;
         let pending = PendingProxy {
             slot,
+            group,
+            waiting: false,
             stream: TcpStream::from(connection),
             peer,
             local,
@@ -381,8 +476,51 @@ impl Server {
         self.streams
             .connections
             .insert(token, Connection::Proxy(pending));
-        // The header may be there already.
-        self.runnable.push_back(token);
+        self.read_proxy(token, false);
+        if !matches!(
+            self.streams.connections.get(&token),
+            Some(Connection::Proxy(_))
+        ) {
+            return;
+        }
+        // Its header is not in: it waits, within the limits.
+        let waiting = self.streams.waiting(id);
+        if waiting.per_source.get(&group).copied().unwrap_or(0) >= WAITING_PER_SOURCE {
+            let reason = "too many connections from this client waiting for their header";
+            self.drop_waiting(token, &label, reason);
+            return;
+        }
+        while self.streams.waiting(id).count >= cap {
+            let Some(oldest) = self.streams.oldest_waiting(id) else {
+                break;
+            };
+            self.drop_waiting(
+                oldest,
+                &label,
+                "given way to a newer connection while silent",
+            );
+        }
+        if let Some(Connection::Proxy(pending)) = self.streams.connections.get_mut(&token) {
+            pending.waiting = true;
+        }
+        self.streams.start_waiting(id, token, group);
+    }
+
+    /// Closes a connection still waiting for its PROXY header, for `reason`.
+    fn drop_waiting(&mut self, token: Token, label: &str, reason: &str) {
+        let Some(Connection::Proxy(pending)) = self.streams.connections.remove(&token) else {
+            return;
+        };
+        self.deregister(&pending.stream);
+        self.timers.cancel(pending.deadline);
+        self.streams.stop_waiting(pending.slot.service(), &pending);
+        events::proxy_rejected(label, &pending.peer, reason);
+        if let Some(pipe) = pending.pipe {
+            self.children.put_back_pipe(pipe);
+        }
+        if let Some(runnable) = self.table.release(pending.slot) {
+            self.wake(runnable);
+        }
     }
 
     /// Looks at what the client has sent so far (without consuming it); once a whole header is
@@ -418,6 +556,7 @@ impl Server {
         self.deregister(&pending.stream);
         self.timers.cancel(pending.deadline);
         let id = pending.slot.service();
+        self.streams.stop_waiting(id, &pending);
         // Its place in max_children passes on to the handler or builtin it becomes (which
         // takes a slot again in admit, or leaves it free if refused).
         if let Some(runnable) = self.table.release(pending.slot) {
@@ -465,6 +604,7 @@ impl Server {
             None => return,
         };
         self.deregister(&pending.stream);
+        self.streams.stop_waiting(pending.slot.service(), &pending);
         if let Some(entry) = self.table.get(pending.slot.service()) {
             let reason = format!(
                 "no complete header within {}",

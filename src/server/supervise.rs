@@ -286,7 +286,7 @@ impl Server {
             },
             None => Stdio::Listening(sockets),
         };
-        let Ok(slot) = self.table.admit(id, None) else {
+        let Ok(slot) = self.table.occupy(id, None) else {
             return;
         };
         let Some(pid) = self.start_handler(slot, pipe, stdio, &vars, Role::Supervised) else {

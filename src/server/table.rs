@@ -11,7 +11,7 @@ use mio::Token;
 
 use super::supervise::Restarts;
 use crate::events;
-use crate::service::{Kind, Refusal, Service};
+use crate::service::{Kind, Refusal, Service, SourceRate};
 
 /// A service's place in the table. A slot index reused by a later service gets a new
 /// generation, so an id kept by something that outlived its service finds nothing, never the
@@ -28,12 +28,73 @@ pub struct ServiceId {
 #[derive(Debug)]
 pub struct Slot {
     service: ServiceId,
-    client: Option<IpAddr>,
+    /// The client's group (`source_prefix`), as counted for `per_source`.
+    group: Option<IpAddr>,
 }
 
 impl Slot {
     pub fn service(&self) -> ServiceId {
         self.service
+    }
+}
+
+/// Connections per client group within a sliding window of `per` (two fixed windows, the
+/// older one weighted by how much of it still falls inside), for `per_source_rate`: constant
+/// memory per group, and groups idle for two windows are forgotten.
+#[derive(Debug, Default)]
+struct SourceRates {
+    windows: HashMap<IpAddr, RateWindow>,
+    /// The number of groups after the last pruning: the next one comes at twice that.
+    pruned_to: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RateWindow {
+    start: Instant,
+    current: u32,
+    previous: u32,
+}
+
+impl SourceRates {
+    /// Counts a connection of `group` if it stays within `rate`; false if it would not.
+    fn admit(&mut self, group: IpAddr, rate: SourceRate, now: Instant) -> bool {
+        self.prune(now, rate.per);
+        let window = self.windows.entry(group).or_insert(RateWindow {
+            start: now,
+            current: 0,
+            previous: 0,
+        });
+        let per = rate.per.max(Duration::from_millis(1));
+        let elapsed = now.saturating_duration_since(window.start);
+        if elapsed >= per * 2 {
+            *window = RateWindow {
+                start: now,
+                current: 0,
+                previous: 0,
+            };
+        } else if elapsed >= per {
+            window.previous = window.current;
+            window.current = 0;
+            window.start += per;
+        }
+        let into = now.saturating_duration_since(window.start).as_secs_f64() / per.as_secs_f64();
+        let estimate = f64::from(window.previous) * (1.0 - into) + f64::from(window.current);
+        if estimate >= f64::from(rate.max) {
+            return false;
+        }
+        window.current += 1;
+        true
+    }
+
+    /// Forgets groups idle for two windows, once their number has doubled since the last time:
+    /// the cost per connection stays constant however many clients come and go.
+    fn prune(&mut self, now: Instant, per: Duration) {
+        if self.windows.len() < (2 * self.pruned_to).max(1024) {
+            return;
+        }
+        self.windows
+            .retain(|_, window| now.saturating_duration_since(window.start) < per * 2);
+        self.pruned_to = self.windows.len();
     }
 }
 
@@ -101,7 +162,10 @@ pub struct Entry {
     generation: u32,
     /// Handlers, builtin connections and connections still sending their PROXY header.
     running: u32,
+    /// Slots per client group (`source_prefix`).
     per_source: HashMap<IpAddr, u32>,
+    /// Recent connections per client group, for `per_source_rate`.
+    source_rates: SourceRates,
     /// Accept times inside the current `rate_limit` window.
     window: VecDeque<Instant>,
     /// The end of a `rate_limit` pause: nothing new is accepted until then.
@@ -132,6 +196,7 @@ impl Entry {
             generation,
             running: 0,
             per_source: HashMap::new(),
+            source_rates: SourceRates::default(),
             window: VecDeque::new(),
             paused_until: None,
             backoff_until: None,
@@ -266,16 +331,27 @@ impl Table {
         }
     }
 
-    /// Takes a slot for a client of `id`: refused by the access lists or `per_source`, or
-    /// counted. `client` is None where there is no address to judge (UNIX sockets, a
-    /// `wait: true` handler, a connection whose PROXY header is still to come).
-    pub fn admit(&mut self, id: ServiceId, client: Option<IpAddr>) -> Result<Slot, Denied> {
+    /// Takes a slot for a client of `id`: refused by the access lists, `per_source` or
+    /// `per_source_rate`, or counted. `client` is None where there is no address to judge
+    /// (UNIX sockets, a `wait: true` handler, a connection whose PROXY header is still to come).
+    pub fn admit(
+        &mut self,
+        id: ServiceId,
+        client: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<Slot, Denied> {
         if let Some(client) = client {
-            self.judge(id, client)?;
+            self.judge(id, client, now)?;
         }
+        self.occupy(id, client)
+    }
+
+    /// Takes a slot for a client `judge` has let through already.
+    pub fn occupy(&mut self, id: ServiceId, client: Option<IpAddr>) -> Result<Slot, Denied> {
         let entry = self.get_mut(id).ok_or(Denied::Gone)?;
-        if let Some(client) = client {
-            *entry.per_source.entry(client).or_default() += 1;
+        let group = client.map(|client| entry.service.limits.source_prefix.group(client));
+        if let Some(group) = group {
+            *entry.per_source.entry(group).or_default() += 1;
         }
         entry.running += 1;
         // A wait service has one handler at a time anyway: no pause to announce.
@@ -283,21 +359,29 @@ impl Table {
             entry.full = true;
             events::paused_max_children(entry.label(), entry.running);
         }
-        Ok(Slot {
-            service: id,
-            client,
-        })
+        Ok(Slot { service: id, group })
     }
 
-    /// Whether `client` may be served by `id` (access lists, then `per_source`), without
-    /// taking a slot; a refusal is counted.
-    pub fn judge(&mut self, id: ServiceId, client: IpAddr) -> Result<(), Denied> {
+    /// Whether `client` may be served by `id` now: the access lists, then `per_source`, then
+    /// `per_source_rate` (which counts the connection when it lets it through). It takes no
+    /// slot; a refusal is counted.
+    pub fn judge(&mut self, id: ServiceId, client: IpAddr, now: Instant) -> Result<(), Denied> {
         let entry = self.get_mut(id).ok_or(Denied::Gone)?;
-        let refusal = entry.service.access.refusal(client).or_else(|| {
-            let limit = entry.service.limits.per_source?;
-            let count = entry.per_source.get(&client).copied().unwrap_or(0);
-            (count >= limit.get()).then_some(Refusal::PerSource)
-        });
+        let limits = entry.service.limits;
+        let group = limits.source_prefix.group(client);
+        let refusal = entry
+            .service
+            .access
+            .refusal(client)
+            .or_else(|| {
+                let limit = limits.per_source?;
+                let count = entry.per_source.get(&group).copied().unwrap_or(0);
+                (count >= limit.get()).then_some(Refusal::PerSource)
+            })
+            .or_else(|| {
+                let rate = limits.per_source_rate?;
+                (!entry.source_rates.admit(group, rate, now)).then_some(Refusal::PerSourceRate)
+            });
         match refusal {
             Some(reason) => {
                 *entry.counters.refused.entry(reason).or_default() += 1;
@@ -310,15 +394,15 @@ impl Table {
     /// Gives a slot back. Returns the service if it was full and may accept again: what waits
     /// on it is then to be served.
     pub fn release(&mut self, slot: Slot) -> Option<ServiceId> {
-        let Slot { service, client } = slot;
+        let Slot { service, group } = slot;
         let entry = self.get_mut(service)?;
         entry.running = entry.running.saturating_sub(1);
-        if let Some(client) = client
-            && let Some(count) = entry.per_source.get_mut(&client)
+        if let Some(group) = group
+            && let Some(count) = entry.per_source.get_mut(&group)
         {
             *count -= 1;
             if *count == 0 {
-                entry.per_source.remove(&client);
+                entry.per_source.remove(&group);
             }
         }
         if entry.full && entry.below_max() {
@@ -424,9 +508,9 @@ mod tests {
         let mut limited = service("a");
         limited.limits.max_children = limit(2);
         let id = table.insert(limited);
-        let first = table.admit(id, ip("192.0.2.1")).unwrap();
+        let first = table.admit(id, ip("192.0.2.1"), Instant::now()).unwrap();
         assert!(table.get(id).unwrap().may_accept());
-        let second = table.admit(id, None).unwrap();
+        let second = table.admit(id, None, Instant::now()).unwrap();
         assert!(!table.get(id).unwrap().may_accept());
         assert!(table.get(id).unwrap().is_full());
         assert_eq!(
@@ -447,7 +531,7 @@ mod tests {
         unlimited.limits.per_source = limit(0);
         let id = table.insert(unlimited);
         let slots: Vec<Slot> = (0..1000)
-            .map(|_| table.admit(id, ip("192.0.2.1")).unwrap())
+            .map(|_| table.admit(id, ip("192.0.2.1"), Instant::now()).unwrap())
             .collect();
         assert!(table.get(id).unwrap().may_accept());
         for slot in slots {
@@ -462,18 +546,22 @@ mod tests {
         limited.limits.per_source = limit(1);
         limited.access.no_access = vec!["198.51.100.0/24".parse().unwrap()];
         let id = table.insert(limited);
-        let one = table.admit(id, ip("192.0.2.1")).unwrap();
+        let one = table.admit(id, ip("192.0.2.1"), Instant::now()).unwrap();
         assert_eq!(
-            table.admit(id, ip("192.0.2.1")).unwrap_err(),
+            table
+                .admit(id, ip("192.0.2.1"), Instant::now())
+                .unwrap_err(),
             Denied::Refused(Refusal::PerSource)
         );
-        let other = table.admit(id, ip("192.0.2.2")).unwrap();
+        let other = table.admit(id, ip("192.0.2.2"), Instant::now()).unwrap();
         assert_eq!(
-            table.admit(id, ip("198.51.100.1")).unwrap_err(),
+            table
+                .admit(id, ip("198.51.100.1"), Instant::now())
+                .unwrap_err(),
             Denied::Refused(Refusal::NoAccess)
         );
         let _ = table.release(one);
-        let again = table.admit(id, ip("192.0.2.1")).unwrap();
+        let again = table.admit(id, ip("192.0.2.1"), Instant::now()).unwrap();
         let counters = &table.get(id).unwrap().counters;
         assert_eq!(counters.refused.get(&Refusal::PerSource), Some(&1));
         assert_eq!(counters.refused.get(&Refusal::NoAccess), Some(&1));
@@ -527,7 +615,7 @@ mod tests {
     fn a_retired_place_is_reused_only_once_empty_and_old_ids_find_nothing() {
         let mut table = Table::default();
         let old = table.insert(service("old"));
-        let slot = table.admit(old, None).unwrap();
+        let slot = table.admit(old, None, Instant::now()).unwrap();
         table.retire(old);
         assert!(!table.get(old).unwrap().may_accept());
         let busy = table.insert(service("new"));
@@ -540,6 +628,90 @@ mod tests {
         assert_eq!(reused.index, old.index);
         assert!(table.get(old).is_none(), "a stale id found the new service");
         assert_eq!(table.get(reused).unwrap().service.name, "newer");
-        assert_eq!(table.admit(old, None).unwrap_err(), Denied::Gone);
+        assert_eq!(
+            table.admit(old, None, Instant::now()).unwrap_err(),
+            Denied::Gone
+        );
+    }
+
+    #[test]
+    fn per_source_rate_refuses_a_client_over_its_rate_and_only_that_client() {
+        let mut table = Table::default();
+        let mut limited = service("a");
+        limited.limits.per_source_rate = Some(SourceRate {
+            max: 3,
+            per: Duration::from_secs(60),
+        });
+        let id = table.insert(limited);
+        let start = Instant::now();
+        let client = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(table.judge(id, client, start), Ok(()));
+        }
+        let refused = Err(Denied::Refused(Refusal::PerSourceRate));
+        assert_eq!(table.judge(id, client, start), refused);
+        assert_eq!(table.judge(id, "192.0.2.2".parse().unwrap(), start), Ok(()));
+        // Half a window on, half of the earlier three still count (1.5): two more fit (2.5 < 3),
+        // a third does not.
+        let later = start + Duration::from_secs(90);
+        assert_eq!(table.judge(id, client, later), Ok(()));
+        assert_eq!(table.judge(id, client, later), Ok(()));
+        assert_eq!(table.judge(id, client, later), refused);
+        // Two windows on, all is forgotten.
+        let much_later = start + Duration::from_secs(240);
+        assert_eq!(table.judge(id, client, much_later), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_unless_source_prefix_says_otherwise() {
+        let mut table = Table::default();
+        let mut limited = service("a");
+        limited.limits.per_source = limit(1);
+        let id = table.insert(limited);
+        let now = Instant::now();
+        let first = table.admit(id, ip("2001:db8:1:2::1"), now).unwrap();
+        assert_eq!(
+            table
+                .admit(id, ip("2001:db8:1:2:ffff::9"), now)
+                .unwrap_err(),
+            Denied::Refused(Refusal::PerSource),
+            "another address of the same /64"
+        );
+        let other = table.admit(id, ip("2001:db8:1:3::1"), now).unwrap();
+        let _ = (table.release(first), table.release(other));
+        let mut wide = service("b");
+        wide.limits.per_source = limit(1);
+        wide.limits.source_prefix = crate::service::SourcePrefix {
+            ipv4: 24,
+            ipv6: 128,
+        };
+        let id = table.insert(wide);
+        let v4 = table.admit(id, ip("192.0.2.1"), now).unwrap();
+        assert!(table.admit(id, ip("192.0.2.200"), now).is_err(), "same /24");
+        let v6 = table.admit(id, ip("2001:db8::1"), now).unwrap();
+        let v6_other = table.admit(id, ip("2001:db8::2"), now).unwrap();
+        for slot in [v4, v6, v6_other] {
+            let _ = table.release(slot);
+        }
+    }
+
+    #[test]
+    fn the_rate_of_many_clients_costs_constant_memory_per_active_one() {
+        let mut rates = SourceRates::default();
+        let rate = SourceRate {
+            max: 10,
+            per: Duration::from_secs(1),
+        };
+        let start = Instant::now();
+        // 100,000 clients, each once, a second apart in groups: only recent ones are kept.
+        for n in 0..100_000u32 {
+            let at = start + Duration::from_millis(u64::from(n / 1000) * 1000);
+            assert!(rates.admit(std::net::IpAddr::from(n.to_be_bytes()), rate, at));
+        }
+        assert!(
+            rates.windows.len() < 10_000,
+            "{} groups kept",
+            rates.windows.len()
+        );
     }
 }

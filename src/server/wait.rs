@@ -175,7 +175,7 @@ impl Server {
         {
             self.timers.schedule(until, super::Timer::Resume(id));
         }
-        let slot = match self.table.admit(id, None) {
+        let slot = match self.table.occupy(id, None) {
             Ok(slot) => slot,
             Err(Denied::Gone | Denied::Refused(_)) => return,
         };
@@ -214,7 +214,7 @@ impl Server {
             let client = canonical(fingerprint.sender);
             // Only the client is judged here: the handler's slot is taken when it starts, for
             // no client in particular (it serves whoever comes).
-            match self.table.judge(id, client.ip()) {
+            match self.table.judge(id, client.ip(), Instant::now()) {
                 Ok(()) => {
                     if let Some(until) = self.table.count_accept(id, Instant::now()) {
                         self.timers.schedule(until, super::Timer::Resume(id));

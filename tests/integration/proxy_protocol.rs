@@ -414,3 +414,38 @@ fn a_partial_header_followed_by_rst_is_held_for_the_full_5s() {
         rejected.text
     );
 }
+
+#[test]
+fn silent_connections_held_a_services_slots_and_a_real_client_waited() {
+    // 200 connections that never send their header, against a service of 40 places: they may
+    // hold only a share of them, the oldest giving way to the newest, and a client that sends
+    // its header is served while they are all still open.
+    let dir = TestDir::new("proxy-silent-flood");
+    let hello = dir.script("hello.sh", "echo hello");
+    let service = Service::new("web", &hello)
+        .set("proxy_protocol", "true")
+        .set("max_children", "40");
+    let daemon = Daemon::start(&dir, &[service]);
+    let silent: Vec<TcpStream> = (0..200).map(|_| daemon.connect("web")).collect();
+    daemon.wait_for_line("web/tcp: proxy header rejected client=127.0.0.1:");
+    let mut client = daemon.connect("web");
+    client.write_all(V1_TCP4).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut client), "hello\n");
+    let accepted = daemon.wait_for_line("web/tcp: accepted client=192.0.2.1:1111 pid=");
+    let lines = daemon.lines();
+    assert!(
+        !lines[..accepted.index]
+            .iter()
+            .any(|line| line.contains("within 5s")),
+        "the client was served only once silent connections timed out"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("given way to a newer connection")
+                || line.contains("too many connections from this client")),
+        "{lines:#?}"
+    );
+    drop(silent);
+}
