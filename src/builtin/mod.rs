@@ -51,7 +51,9 @@ impl StreamBuiltin {
         let out = match kind {
             Builtin::Daytime => daytime::answer(now),
             Builtin::Time => time::answer(now),
-            Builtin::Echo | Builtin::Discard | Builtin::Chargen => Vec::new(),
+            // Metrics answers from rinetd's counters, which the event loop fills in (issue 9):
+            // until it does, a connection is closed at once rather than left hanging.
+            Builtin::Echo | Builtin::Discard | Builtin::Chargen | Builtin::Metrics => Vec::new(),
         };
         StreamBuiltin {
             kind,
@@ -77,7 +79,9 @@ impl StreamBuiltin {
             }
             let flushed = self.sent == self.out.len();
             match self.kind {
-                Builtin::Daytime | Builtin::Time if flushed => return Step::Close,
+                Builtin::Daytime | Builtin::Time | Builtin::Metrics if flushed => {
+                    return Step::Close;
+                }
                 Builtin::Echo if flushed && self.peer_closed => {
                     // Half-close honoured: everything the client sent has been echoed.
                     let _ = socket.shutdown(Shutdown::Write);
@@ -176,5 +180,7 @@ pub fn datagram_reply(
         Builtin::Chargen => Some(chargen::datagram(random as usize % 513)),
         Builtin::Daytime => Some(daytime::answer(now)),
         Builtin::Time => Some(time::answer(now)),
+        // tcp and unix only: the checker refuses it on udp.
+        Builtin::Metrics => None,
     }
 }
