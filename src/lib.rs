@@ -136,6 +136,24 @@ pub fn check_table_text(text: &str) -> Result<usize, Vec<String>> {
     }
 }
 
+/// `-T`: the effective table as YAML on stdout (warnings were said on stderr).
+fn dump(table: &config::Table) -> ExitCode {
+    let services_file = Host::current().services_file;
+    let port_of = |spec: &config::ServiceSpec| match &spec.port {
+        config::PortSpec::Number(n) => Some(*n),
+        config::PortSpec::Name(name) => resolve::service_port(&services_file, name, spec.protocol),
+    };
+    let text = config::dump::render(table, &port_of);
+    // Written whole, and a closed pipe is an error to report, not a panic.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rinetd: writing the table: {err}");
+            ExitCode::from(EX_OSERR)
+        }
+    }
+}
+
 /// The whole program.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -150,11 +168,14 @@ pub fn main() -> ExitCode {
     // changed the working directory.
     let path = std::path::absolute(&given).unwrap_or_else(|_| given.clone());
     let loaded = load(&path, cli.format);
-    if cli.check {
+    if cli.check || cli.dump {
         return match loaded {
             Ok(loaded) => {
                 for warning in &loaded.warnings {
                     eprintln!("rinetd: warning: {warning}");
+                }
+                if cli.dump {
+                    return dump(&loaded.table);
                 }
                 let count = loaded.table.services.len();
                 println!("{}: OK, {count} services", given.display());

@@ -1,8 +1,9 @@
 //! The service table as a pure value: YAML text in, a checked `Table` (or every error, located)
 //! out. No syscalls and no NSS lookups happen here; `resolve.rs` does those. `yaml` reads the
-//! text into located nodes, `check` turns them into `ServiceSpec`s.
+//! text into located nodes, `check` turns them into `ServiceSpec`s, `dump` writes a table back.
 
 mod check;
+pub mod dump;
 mod yaml;
 
 use std::collections::BTreeMap;
