@@ -629,6 +629,19 @@ fn exec_plan(
 mod tests {
     use super::*;
 
+    /// `yaml` (which must pass the checks) resolved as an unprivileged rinetd, uid 1000.
+    fn resolve_yaml(yaml: &str) -> Result<(Vec<Service>, Vec<String>), Vec<ConfigError>> {
+        let (table, errors) = crate::config::parse_partial("t", yaml, &mut |_| Ok(Vec::new()));
+        assert!(errors.is_empty(), "{errors:?}");
+        let host = Host {
+            euid: 1000,
+            egid: 1000,
+            services_file: String::new(),
+            environment: Vec::new(),
+        };
+        resolve(&table, &host)
+    }
+
     /// The same-port errors of a table of echo builtins written as `(name, protocol, address, port)`.
     fn conflicts(services: &[(&str, &str, &str, u16)]) -> Vec<String> {
         let mut yaml = String::from("services:\n");
@@ -637,15 +650,7 @@ mod tests {
                 "  - {{name: {name}, protocol: {protocol}, address: \"{address}\", port: {port}, builtin: echo}}\n"
             ));
         }
-        let (table, errors) = crate::config::parse_partial("t", &yaml, &mut |_| Ok(Vec::new()));
-        assert!(errors.is_empty(), "{errors:?}");
-        let host = Host {
-            euid: 1000,
-            egid: 1000,
-            services_file: String::new(),
-            environment: Vec::new(),
-        };
-        match resolve(&table, &host) {
+        match resolve_yaml(&yaml) {
             Ok(_) => Vec::new(),
             Err(errors) => errors.iter().map(|e| e.message.clone()).collect(),
         }
@@ -709,15 +714,7 @@ mod tests {
     }
 
     fn resolved(yaml: &str) -> Result<(Vec<Service>, Vec<String>), Vec<String>> {
-        let (table, errors) = crate::config::parse_partial("t", yaml, &mut |_| Ok(Vec::new()));
-        assert!(errors.is_empty(), "{errors:?}");
-        let host = Host {
-            euid: 1000,
-            egid: 1000,
-            services_file: String::new(),
-            environment: Vec::new(),
-        };
-        resolve(&table, &host).map_err(|errors| errors.iter().map(|e| e.to_string()).collect())
+        resolve_yaml(yaml).map_err(|errors| errors.iter().map(|e| e.to_string()).collect())
     }
 
     #[test]

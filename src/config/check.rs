@@ -4,7 +4,7 @@
 //! one service never hides another's: each service, `defaults:` and each included file is
 //! checked whole, and only a YAML syntax error stops the reading of its file, at that point.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -114,21 +114,12 @@ pub fn parse_partial(
     };
     let mut checker = Checker::new(file);
     let document = checker.document(text);
-    let map = document
-        .root
-        .as_ref()
-        .and_then(|root| checker.root(root, text));
-    let empty = Map {
-        entries: Vec::new(),
-        complete: document.error.is_none(),
-    };
-    let map = map.unwrap_or(&empty);
-    let top = checker.fields(map, TOP_KEYS, None, "");
+    let (top, complete) = checker.top(&document, text, TOP_KEYS);
     let defaults = match top.get("defaults") {
         Some(node) => checker.defaults(node),
         None => Common::default(),
     };
-    table.services = checker.services(top.get("services"), map.complete, &defaults);
+    table.services = checker.services(top.get("services"), complete, &defaults);
     let mut errors = checker.errors;
     let patterns = match top.get("include") {
         Some(node) => {
@@ -534,17 +525,33 @@ impl<'a> Checker<'a> {
     /// An included file: a `services:` list and nothing else; `defaults:` of the main file apply.
     fn included(&mut self, text: &str, defaults: &Common) -> Vec<ServiceSpec> {
         let document = self.document(text);
-        let map = document
+        let (fields, complete) = self.top(&document, text, INCLUDED_KEYS);
+        self.services(fields.get("services"), complete, defaults)
+    }
+
+    /// The top-level keys of a file, and whether its mapping was read whole (a syntax error
+    /// cuts it short: a key it lacks may simply come later).
+    fn top<'d>(
+        &mut self,
+        document: &'d yaml::Document,
+        text: &str,
+        known: &[&'static str],
+    ) -> (Fields<'d>, bool) {
+        static EMPTY: Map = Map {
+            entries: Vec::new(),
+            complete: true,
+        };
+        match document
             .root
             .as_ref()
-            .and_then(|root| self.root(root, text));
-        let empty = Map {
-            entries: Vec::new(),
-            complete: document.error.is_none(),
-        };
-        let map = map.unwrap_or(&empty);
-        let fields = self.fields(map, INCLUDED_KEYS, None, "");
-        self.services(fields.get("services"), map.complete, defaults)
+            .and_then(|root| self.root(root, text))
+        {
+            Some(map) => (self.fields(map, known, None, ""), map.complete),
+            None => (
+                self.fields(&EMPTY, known, None, ""),
+                document.error.is_none(),
+            ),
+        }
     }
 
     /// A `services:` list; a missing one is an error (an empty one is not).
@@ -1507,6 +1514,8 @@ impl<'a> Checker<'a> {
             return Vec::new();
         }
         let mut addresses = Vec::new();
+        // A set beside the list: checking the list for repeats would be quadratic.
+        let mut seen = HashSet::new();
         for item in items {
             let Some(scalar) = item.scalar().filter(|_| !item.is_null()) else {
                 self.error(
@@ -1522,7 +1531,7 @@ impl<'a> Checker<'a> {
             let text = &scalar.text;
             let literal = text.trim_start_matches('[').trim_end_matches(']');
             match literal.parse::<IpAddr>() {
-                Ok(ip) if addresses.contains(&ip) => self.error(
+                Ok(ip) if !seen.insert(ip) => self.error(
                     item.pos,
                     svc,
                     format!("key \"address\": \"{text}\" is listed twice"),
@@ -2102,6 +2111,15 @@ mod tests {
         }
     }
 
+    /// The errors of `text`, each starting as `expected` says, in that order.
+    fn assert_errors_start_with(text: &str, expected: &[&str]) {
+        let e = errors(text);
+        assert_eq!(e.len(), expected.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(expected) {
+            assert!(got.starts_with(want), "{got}\n  wanted {want}");
+        }
+    }
+
     #[test]
     fn typo_gets_a_suggestion_with_location_and_service() {
         let text = "services:\n  - name: hello\n    port: 8080\n    sever: /bin/true\n";
@@ -2323,20 +2341,18 @@ services:
     server: /bin/true
     notify: true
 ";
-        let e = errors(text);
-        let expected = [
-            "t.conf:6:11: service \"a\": key \"wait\": a supervised service with a socket is wait: true",
-            "t.conf:7:19: service \"a\": key \"max_children\": does not apply to a supervised service",
-            "t.conf:8:10: service \"a\": key \"tls\": does not apply to a supervised service",
-            "t.conf:10:15: service \"b\": key \"protocol\": none is for supervised services",
-            "t.conf:11:14: service \"b\": key \"address\": not for protocol none",
-            "t.conf:15:14: service \"c\": key \"builtin\": metrics is served over tcp and unix only",
-            "t.conf:20:13: service \"d\": key \"notify\": only for supervised services",
-        ];
-        assert_eq!(e.len(), expected.len(), "{e:#?}");
-        for (got, want) in e.iter().zip(expected) {
-            assert!(got.starts_with(want), "{got}\n  wanted {want}");
-        }
+        assert_errors_start_with(
+            text,
+            &[
+                "t.conf:6:11: service \"a\": key \"wait\": a supervised service with a socket is wait: true",
+                "t.conf:7:19: service \"a\": key \"max_children\": does not apply to a supervised service",
+                "t.conf:8:10: service \"a\": key \"tls\": does not apply to a supervised service",
+                "t.conf:10:15: service \"b\": key \"protocol\": none is for supervised services",
+                "t.conf:11:14: service \"b\": key \"address\": not for protocol none",
+                "t.conf:15:14: service \"c\": key \"builtin\": metrics is served over tcp and unix only",
+                "t.conf:20:13: service \"d\": key \"notify\": only for supervised services",
+            ],
+        );
     }
 
     #[test]
@@ -2357,19 +2373,17 @@ services:
     server: /bin/true
     tls: {cert: /c, key: /k}
 ";
-        let e = errors(text);
-        let expected = [
-            "t.conf:6:7: service \"a\": key \"tls\": missing \"key\"",
-            "t.conf:6:13: service \"a\": key \"tls.cert\": must be an absolute path",
-            "t.conf:7:20: service \"a\": key \"tls.min_version\": \"1.1\" is not one of",
-            "t.conf:8:26: service \"a\": key \"tls.handshake_timeout\": must be more than 0",
-            "t.conf:10:19: service \"a\": key \"tls.sni[0].names\": write a list: tls.sni[0].names: [host.example]",
-            "t.conf:15:10: service \"b\": key \"tls\": only for tcp services with wait: false",
-        ];
-        assert_eq!(e.len(), expected.len(), "{e:#?}");
-        for (got, want) in e.iter().zip(expected) {
-            assert!(got.starts_with(want), "{got}\n  wanted {want}");
-        }
+        assert_errors_start_with(
+            text,
+            &[
+                "t.conf:6:7: service \"a\": key \"tls\": missing \"key\"",
+                "t.conf:6:13: service \"a\": key \"tls.cert\": must be an absolute path",
+                "t.conf:7:20: service \"a\": key \"tls.min_version\": \"1.1\" is not one of",
+                "t.conf:8:26: service \"a\": key \"tls.handshake_timeout\": must be more than 0",
+                "t.conf:10:19: service \"a\": key \"tls.sni[0].names\": write a list: tls.sni[0].names: [host.example]",
+                "t.conf:15:10: service \"b\": key \"tls\": only for tcp services with wait: false",
+            ],
+        );
     }
 
     #[test]

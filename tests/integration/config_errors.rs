@@ -4,7 +4,9 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 
-use crate::harness::{EX_CONFIG, TestDir, all_output, check_config, is_root};
+use crate::harness::{
+    EX_CONFIG, TestDir, all_output, check_config, is_root, self_signed_certificate,
+};
 
 /// A bad table. The offending line is marked with `# <--`; `{server}` stands for an
 /// executable handler and `{noexec}` for a file without the execute bit.
@@ -749,27 +751,7 @@ fn every_error_of_a_table_and_its_included_files_comes_in_file_and_line_order() 
 #[test]
 fn tls_files_are_read_at_check_time_and_each_problem_is_located_at_its_key() {
     let (dir, _) = dir_with_handlers("tls-located");
-    let made = std::process::Command::new("openssl")
-        .current_dir(&dir.path)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .output();
-    if !made.is_ok_and(|made| made.status.success()) {
+    if self_signed_certificate(&dir).is_none() {
         eprintln!("skipped: the openssl CLI is needed to make a certificate");
         return;
     }

@@ -2,11 +2,11 @@
 //! written out) that `rinetd -t` accepts as it is, and that dumps to the very same text again.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use nix::unistd::{Gid, Uid, User};
 
-use crate::harness::{EX_CONFIG, TestDir, all_output, rinetd};
+use crate::harness::{EX_CONFIG, TestDir, all_output, rinetd, self_signed_certificate};
 
 fn dump(config: &Path, format: &str) -> Output {
     rinetd()
@@ -40,46 +40,16 @@ fn assert_fixed_point(dir: &TestDir, config: &Path, format: &str) -> String {
     text
 }
 
-/// A self-signed certificate and its key, made with the openssl CLI (never committed).
-fn certificate(dir: &TestDir) -> Option<(String, String)> {
-    let made = Command::new("openssl")
-        .current_dir(&dir.path)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .output()
-        .ok()?;
-    made.status.success().then(|| {
-        (
-            dir.join("cert.pem").display().to_string(),
-            dir.join("key.pem").display().to_string(),
-        )
-    })
-}
-
 #[test]
 fn the_dump_of_a_table_using_every_key_checks_and_dumps_to_itself() {
     let dir = TestDir::new("dump-every-key");
     let server = dir.script("hello.sh", "echo hello").display().to_string();
-    let Some((cert, key)) = certificate(&dir) else {
+    let Some((cert, key)) = self_signed_certificate(&dir) else {
         eprintln!("skipped: the openssl CLI is needed to make a certificate");
         return;
     };
     let (uid, gid) = (Uid::effective(), Gid::effective());
+    let (cert, key) = (cert.display(), key.display());
     let path = dir.path.display();
     std::fs::create_dir(dir.join("conf.d")).unwrap();
     dir.write(
