@@ -119,6 +119,8 @@ pub fn parse_partial(
         Some(node) => checker.defaults(node),
         None => Common::default(),
     };
+    // `service:` said "did you mean services": "missing key services" would say it twice.
+    let complete = complete && !top.misspelt("services");
     table.services = checker.services(top.get("services"), complete, &defaults);
     let mut errors = checker.errors;
     let patterns = match top.get("include") {
@@ -526,6 +528,7 @@ impl<'a> Checker<'a> {
     fn included(&mut self, text: &str, defaults: &Common) -> Vec<ServiceSpec> {
         let document = self.document(text);
         let (fields, complete) = self.top(&document, text, INCLUDED_KEYS);
+        let complete = complete && !fields.misspelt("services");
         self.services(fields.get("services"), complete, defaults)
     }
 
@@ -2126,6 +2129,18 @@ mod tests {
         assert_eq!(
             errors(text),
             ["t.conf:4:5: service \"hello\": unknown key \"sever\" (did you mean \"server\"?)"]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_is_not_also_reported_missing() {
+        assert_eq!(
+            errors("service: []\n"),
+            ["t.conf:1:1: unknown key \"service\" (did you mean \"services\"?)"]
+        );
+        assert_eq!(
+            errors("services:\n  - name: a\n    port: 1\n    buitlin: echo\n"),
+            ["t.conf:4:5: service \"a\": unknown key \"buitlin\" (did you mean \"builtin\"?)"]
         );
     }
 
