@@ -544,15 +544,22 @@ impl<'a> Checker<'a> {
             entries: Vec::new(),
             complete: true,
         };
-        match document
-            .root
-            .as_ref()
-            .and_then(|root| self.root(root, text))
-        {
+        let root = document.root.as_ref();
+        // After a syntax error, that error is the complaint: not also "not a mapping".
+        let map = match root {
+            Some(root) if document.error.is_none() => self.root(root, text),
+            Some(Node {
+                value: Value::Map(map),
+                ..
+            }) => Some(map),
+            _ => None,
+        };
+        match map {
             Some(map) => (self.fields(map, known, None, ""), map.complete),
+            // An empty file lacks `services:`; one that is not a mapping was said to be so.
             None => (
                 self.fields(&EMPTY, known, None, ""),
-                document.error.is_none(),
+                document.error.is_none() && root.is_none_or(Node::is_null),
             ),
         }
     }
@@ -2141,6 +2148,21 @@ mod tests {
         assert_eq!(
             errors("services:\n  - name: a\n    port: 1\n    buitlin: echo\n"),
             ["t.conf:4:5: service \"a\": unknown key \"buitlin\" (did you mean \"builtin\"?)"]
+        );
+    }
+
+    #[test]
+    fn a_table_that_is_not_a_mapping_is_one_mistake() {
+        let e = errors("echo stream tcp nowait root internal\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("t.conf:1:1: the table is a mapping"),
+            "{e:?}"
+        );
+        assert!(e[0].contains("looks like an inetd.conf"), "{e:?}");
+        assert_eq!(
+            errors(""),
+            ["t.conf: missing key \"services\" (an empty list `services: []` is allowed)"]
         );
     }
 
