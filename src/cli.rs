@@ -38,6 +38,10 @@ pub struct Cli {
     #[arg(short = 't', long = "check")]
     pub check: bool,
 
+    /// Check as -t does, then print the effective table as YAML (every default written out)
+    #[arg(short = 'T', long = "dump", conflicts_with = "check")]
+    pub dump: bool,
+
     /// More logging (debug)
     #[arg(short = 'v', long = "verbose", action = ArgAction::SetTrue, conflicts_with = "quiet")]
     pub verbose: bool,

@@ -30,7 +30,8 @@ pub struct ChildPlan<'a> {
     /// Signals to put back to SIG_DFL (see `signals::to_reset_in_child`).
     pub reset_signals: &'a [c_int],
     pub rlimits: &'a [(c_int, libc::rlimit)],
-    pub nice: c_int,
+    /// Applied as an absolute value; None keeps rinetd's own.
+    pub nice: Option<c_int>,
     pub umask: libc::mode_t,
     pub cwd: &'a CStr,
     pub credentials: Option<(&'a [gid_t], gid_t, libc::uid_t)>,
@@ -115,7 +116,9 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
                 fail(report, b"setrlimit", None);
             }
         }
-        if plan.nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, plan.nice) < 0 {
+        if let Some(nice) = plan.nice
+            && libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0
+        {
             fail(report, b"setpriority", None);
         }
         libc::umask(plan.umask);

@@ -57,8 +57,17 @@ fn config_path(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/etc/rinetd.conf"))
 }
 
-/// Reads, parses and resolves the table: the services and warnings, or every error as a line.
-fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>), Vec<String>> {
+/// What a load gives: the services to run, the checked table they came from (for `-T`), and
+/// the warnings.
+struct Loaded {
+    services: Vec<Service>,
+    table: config::Table,
+    warnings: Vec<String>,
+}
+
+/// Reads, parses and resolves the table: the services and warnings, or every error as a line,
+/// in file and line order.
+fn load(path: &Path, format: Format) -> Result<Loaded, Vec<String>> {
     let shown = path.display().to_string();
     let host = Host::current();
     let text = resolve::read_config(path, &host).map_err(|err| vec![err])?;
@@ -102,11 +111,46 @@ fn load(path: &Path, format: Format) -> Result<(Vec<Service>, usize, Vec<String>
                 .into_iter()
                 .chain(warnings.into_iter().map(relocate))
                 .collect();
-            Ok((services, table.services.len(), warnings))
+            Ok(Loaded {
+                services,
+                table,
+                warnings,
+            })
         }
         Err(more) => {
             errors.extend(more);
+            config::sort_errors(&mut errors, &table.files);
             Err(render(errors))
+        }
+    }
+}
+
+/// The pure loader on one table's text, for fuzzing: the number of services, or every error
+/// as a line. It reads no file (an `include:` names nothing) and asks the system nothing; it
+/// must never panic, whatever the text.
+pub fn check_table_text(text: &str) -> Result<usize, Vec<String>> {
+    let (table, errors) = config::parse_partial("table", text, &mut |_| Ok(Vec::new()));
+    if errors.is_empty() {
+        Ok(table.services.len())
+    } else {
+        Err(errors.iter().map(ToString::to_string).collect())
+    }
+}
+
+/// `-T`: the effective table as YAML on stdout (warnings were said on stderr).
+fn dump(table: &config::Table) -> ExitCode {
+    let services_file = Host::current().services_file;
+    let port_of = |spec: &config::ServiceSpec| match &spec.port {
+        config::PortSpec::Number(n) => Some(*n),
+        config::PortSpec::Name(name) => resolve::service_port(&services_file, name, spec.protocol),
+    };
+    let text = config::dump::render(table, &port_of);
+    // Written whole, and a closed pipe is an error to report, not a panic.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rinetd: writing the table: {err}");
+            ExitCode::from(EX_OSERR)
         }
     }
 }
@@ -125,19 +169,25 @@ pub fn main() -> ExitCode {
     // changed the working directory.
     let path = std::path::absolute(&given).unwrap_or_else(|_| given.clone());
     let loaded = load(&path, cli.format);
-    if cli.check {
+    if cli.check || cli.dump {
         return match loaded {
-            Ok((_, count, warnings)) => {
-                for warning in warnings {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
                     eprintln!("rinetd: warning: {warning}");
                 }
+                if cli.dump {
+                    return dump(&loaded.table);
+                }
+                let count = loaded.table.services.len();
                 println!("{}: OK, {count} services", given.display());
                 ExitCode::SUCCESS
             }
             Err(errors) => config_failure(&errors),
         };
     }
-    let (services, _, warnings) = match loaded {
+    let Loaded {
+        services, warnings, ..
+    } = match loaded {
         Ok(loaded) => loaded,
         Err(errors) => return config_failure(&errors),
     };
@@ -195,11 +245,11 @@ pub fn main() -> ExitCode {
     };
     let format = cli.format;
     let reload = Box::new(move || {
-        load(&path, format).map(|(services, _, warnings)| {
-            for warning in warnings {
+        load(&path, format).map(|loaded| {
+            for warning in loaded.warnings {
                 events::config_warning(&warning);
             }
-            services
+            loaded.services
         })
     });
     let hooks = server::Hooks {

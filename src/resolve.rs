@@ -7,6 +7,7 @@ use std::ffi::CString;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::SystemTime;
 
 use nix::unistd::{AccessFlags, Gid, Group, Uid, User, access, getgrouplist};
 
@@ -14,8 +15,8 @@ use crate::config::{
     self, ConfigError, IdSpec, Place, PortSpec, Pos, Protocol, ServiceSpec, Table,
 };
 use crate::service::{
-    Access, Credentials, Endpoint, ExecPlan, Handler, Limits, RESTART_MAX_DELAY, Service,
-    SocketOptions, SourcePrefix, limit,
+    Access, Credentials, Endpoint, ExecPlan, Handler, Limits, Service, SocketOptions, Supervise,
+    Tls, limit,
 };
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -41,6 +42,9 @@ impl Host {
     }
 }
 
+/// How many services the root warning names before it says "and N more".
+const ROOT_WARNING_NAMES: usize = 10;
+
 /// The runnable services (disabled ones left out) and warnings, or every error.
 pub fn resolve(
     table: &Table,
@@ -48,6 +52,7 @@ pub fn resolve(
 ) -> Result<(Vec<Service>, Vec<String>), Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
+    let mut as_root: Vec<&str> = Vec::new();
     let mut resolved = Vec::new();
     for spec in &table.services {
         let before = errors.len();
@@ -64,19 +69,35 @@ pub fn resolve(
             PortSpec::Name(name) => {
                 let found = service_port(&host.services_file, name, spec.protocol);
                 if found.is_none() {
-                    let message = format!(
-                        "key \"port\": \"{name}\" is not a {} service in /etc/services",
-                        spec.protocol.as_str()
-                    );
+                    let protocol = spec.protocol.as_str();
+                    let message = if spec.port_from_name {
+                        format!(
+                            "no port: set \"port\" (\"{name}\" is not a {protocol} service in /etc/services)"
+                        )
+                    } else {
+                        format!(
+                            "key \"port\": \"{name}\" is not a {protocol} service in /etc/services"
+                        )
+                    };
                     fail(&mut errors, spec.port_pos, message);
                 }
                 found
             }
         };
+        let mut script_problem = None;
         let program = match &spec.handler {
             config::Handler::Server { path, pos, args } => {
-                if let Err(message) = check_executable(path) {
-                    fail(&mut errors, *pos, format!("key \"server\": {message}"));
+                match check_executable(path) {
+                    Err(message) => fail(&mut errors, *pos, format!("key \"server\": {message}")),
+                    Ok(()) => {
+                        script_problem = interpreter_problem(path);
+                        if let Some(problem) = &script_problem {
+                            warnings.push(format!(
+                                "{}:{}:{}: service \"{}\": key \"server\": {problem}",
+                                spec.file, pos.line, pos.column, spec.name
+                            ));
+                        }
+                    }
                 }
                 Some((path, args))
             }
@@ -87,6 +108,28 @@ pub fn resolve(
         {
             fail(&mut errors, unix.pos, format!("key \"path\": {message}"));
         }
+        // Certificates are read at every load (-t, start, reload): a reload re-reads them.
+        let tls = spec.tls.as_ref().and_then(|tls| {
+            match crate::tls::config::load(&tls.settings, SystemTime::now()) {
+                Ok(config) => Some(Tls {
+                    settings: tls.settings.clone(),
+                    config,
+                }),
+                Err(problems) => {
+                    for problem in problems {
+                        let what = plain(&problem.problem);
+                        let message = match &problem.path {
+                            Some(path) => {
+                                format!("key \"{}\": {}: {what}", problem.key, path.display())
+                            }
+                            None => format!("key \"{}\": {what}", problem.key),
+                        };
+                        fail(&mut errors, tls.places.pos(problem.key), message);
+                    }
+                    None
+                }
+            }
+        });
         // A builtin runs as rinetd: a `user` it got from defaults is not its business.
         let identity = match program.as_ref().map(|_| identity(spec, host)) {
             Some(Ok(identity)) => identity,
@@ -105,10 +148,7 @@ pub fn resolve(
             .as_ref()
             .map_or(host.euid == 0, |i| i.credentials.uid == 0);
         if runs_as_root && !spec.disabled && program.is_some() {
-            warnings.push(format!(
-                "{}:{}:{}: service \"{}\": handler would run as root (set \"user\")",
-                spec.file, spec.pos.line, spec.pos.column, spec.name
-            ));
+            as_root.push(&spec.name);
         }
         let Some(port) = port.filter(|_| errors.len() == before && !spec.disabled) else {
             continue;
@@ -122,11 +162,18 @@ pub fn resolve(
                 .collect(),
         };
         let handler = match (program, spec.handler_builtin()) {
-            (Some((path, args)), _) => Handler::Exec(exec_plan(spec, path, args, identity, host)),
+            (Some((path, args)), _) => {
+                let mut plan = exec_plan(spec, path, args, identity, host);
+                plan.script_problem = script_problem;
+                Handler::Exec(plan)
+            }
             (None, Some(builtin)) => Handler::Builtin(builtin),
             (None, None) => continue,
         };
-        resolved.push((spec, listen, handler));
+        resolved.push((spec, listen, handler, tls));
+    }
+    if !as_root.is_empty() {
+        warnings.push(root_warning(&table.file, &as_root));
     }
     errors.extend(socket_conflicts(&resolved));
     if !errors.is_empty() {
@@ -134,13 +181,74 @@ pub fn resolve(
     }
     let services = resolved
         .into_iter()
-        .map(|(spec, listen, handler)| runtime_service(spec, listen, handler))
+        .map(|(spec, listen, handler, tls)| runtime_service(spec, listen, handler, tls))
         .collect();
     Ok((services, warnings))
 }
 
+/// An OS error as its plain description, without Rust's "(os error N)".
+fn plain(text: &str) -> &str {
+    match text.rsplit_once(" (os error ") {
+        Some((description, _)) => description,
+        None => text,
+    }
+}
+
+/// One line for every handler that would run as root, however many there are (a table of
+/// 1,000 such services once logged 1,000 lines at each reload).
+fn root_warning(file: &str, names: &[&str]) -> String {
+    let shown = names.len().min(ROOT_WARNING_NAMES);
+    let mut list = names[..shown].join(", ");
+    if names.len() > shown {
+        list.push_str(&format!(" and {} more", names.len() - shown));
+    }
+    format!("{file}: handlers would run as root (set \"user\"): {list}")
+}
+
+/// What stands in the way of exec'ing a script whose `#!` line the kernel cannot follow: an
+/// interpreter that does not exist, or a line ending in a carriage return (Windows line
+/// endings, where the kernel looks for an interpreter named "/bin/sh\r"). Both make execve
+/// fail with "No such file or directory" for a file that exists.
+fn interpreter_problem(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let mut file = std::fs::File::open(path).ok()?;
+    let length = file.read(&mut head).ok()?;
+    let line = head[..length].strip_prefix(b"#!")?;
+    let line = match line.iter().position(|&b| b == b'\n') {
+        Some(end) => &line[..end],
+        // Longer than the kernel reads, or a file without a newline: nothing to say.
+        None if length == head.len() => return None,
+        None => line,
+    };
+    let line = String::from_utf8_lossy(line);
+    let interpreter = line.trim_start_matches([' ', '\t']);
+    let interpreter = interpreter.split([' ', '\t']).next().unwrap_or_default();
+    let shown = path.display();
+    if line.ends_with('\r') {
+        return Some(format!(
+            "{shown} has Windows line endings: its #! line asks for \"{}\" (with a carriage return), which does not exist; convert it with `dos2unix {shown}` or `sed -i 's/\\r$//' {shown}`",
+            interpreter.escape_debug()
+        ));
+    }
+    if interpreter.is_empty() {
+        return Some(format!("{shown}: its #! line names no interpreter"));
+    }
+    if !Path::new(interpreter).is_file() {
+        return Some(format!(
+            "{shown}: its #! interpreter {interpreter} does not exist"
+        ));
+    }
+    None
+}
+
 /// The settings the event loop acts on, without the positions they were written at.
-fn runtime_service(spec: &ServiceSpec, listen: Vec<Endpoint>, handler: Handler) -> Service {
+fn runtime_service(
+    spec: &ServiceSpec,
+    listen: Vec<Endpoint>,
+    handler: Handler,
+    tls: Option<Tls>,
+) -> Service {
     Service {
         name: spec.name.clone(),
         protocol: spec.protocol,
@@ -158,17 +266,19 @@ fn runtime_service(spec: &ServiceSpec, listen: Vec<Endpoint>, handler: Handler) 
             max_children: limit(spec.max_children),
             per_source: limit(spec.per_source),
             rate_limit: spec.rate_limit,
-            per_source_rate: None,
-            source_prefix: SourcePrefix::default(),
+            per_source_rate: spec.per_source_rate,
+            source_prefix: spec.source_prefix,
             timeout: spec.timeout,
         },
         access: Access {
             only_from: spec.only_from.clone(),
             no_access: spec.no_access.clone(),
         },
-        supervise: None,
-        restart_max_delay: RESTART_MAX_DELAY,
-        tls: None,
+        supervise: spec.respawn.then_some(Supervise {
+            notify: spec.notify,
+        }),
+        restart_max_delay: spec.respawn_max_delay,
+        tls,
     }
 }
 
@@ -176,7 +286,9 @@ fn runtime_service(spec: &ServiceSpec, listen: Vec<Endpoint>, handler: Handler) 
 /// address and a specific one of the same family (the kernel refuses the second bind); two
 /// UNIX services cannot share a path. Each service is checked against the earlier ones through
 /// an index by port, so the check stays linear in the number of services.
-fn socket_conflicts(services: &[(&ServiceSpec, Vec<Endpoint>, Handler)]) -> Vec<ConfigError> {
+fn socket_conflicts(
+    services: &[(&ServiceSpec, Vec<Endpoint>, Handler, Option<Tls>)],
+) -> Vec<ConfigError> {
     /// The earliest service (and its endpoint) at each place of one protocol, family and port.
     #[derive(Default)]
     struct Port<'s> {
@@ -187,7 +299,7 @@ fn socket_conflicts(services: &[(&ServiceSpec, Vec<Endpoint>, Handler)]) -> Vec<
     let mut ports: HashMap<(Protocol, bool, u16), Port<'_>> = HashMap::new();
     let mut paths: HashMap<&Path, (usize, &Endpoint)> = HashMap::new();
     let mut errors = Vec::new();
-    for (index, (spec, listen, _)) in services.iter().enumerate() {
+    for (index, (spec, listen, _, _)) in services.iter().enumerate() {
         let protocol = spec.protocol;
         // The earliest earlier service this one overlaps, and where.
         let mut clash: Option<(usize, &Endpoint, &Endpoint)> = None;
@@ -273,7 +385,7 @@ fn check_socket_path(path: &Path) -> Result<(), String> {
 pub fn service_port(services_file: &str, name: &str, protocol: Protocol) -> Option<u16> {
     let proto = match protocol {
         Protocol::Udp => "udp",
-        Protocol::Tcp | Protocol::Unix => "tcp",
+        Protocol::Tcp | Protocol::Unix | Protocol::None => "tcp",
     };
     services_file.lines().find_map(|line| {
         let line = line.split('#').next()?;
@@ -354,7 +466,8 @@ fn check_folder(path: &Path) -> Result<(), String> {
 
 fn check_executable(path: &Path) -> Result<(), String> {
     let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{shown}: {}", plain(&e.to_string())))?;
     if !meta.is_file() {
         return Err(format!("{shown} is not a regular file"));
     }
@@ -508,12 +621,26 @@ fn exec_plan(
         nice: spec.nice,
         umask: spec.umask,
         stderr: spec.stderr,
+        script_problem: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `yaml` (which must pass the checks) resolved as an unprivileged rinetd, uid 1000.
+    fn resolve_yaml(yaml: &str) -> Result<(Vec<Service>, Vec<String>), Vec<ConfigError>> {
+        let (table, errors) = crate::config::parse_partial("t", yaml, &mut |_| Ok(Vec::new()));
+        assert!(errors.is_empty(), "{errors:?}");
+        let host = Host {
+            euid: 1000,
+            egid: 1000,
+            services_file: String::new(),
+            environment: Vec::new(),
+        };
+        resolve(&table, &host)
+    }
 
     /// The same-port errors of a table of echo builtins written as `(name, protocol, address, port)`.
     fn conflicts(services: &[(&str, &str, &str, u16)]) -> Vec<String> {
@@ -523,15 +650,7 @@ mod tests {
                 "  - {{name: {name}, protocol: {protocol}, address: \"{address}\", port: {port}, builtin: echo}}\n"
             ));
         }
-        let (table, errors) = crate::config::parse_partial("t", &yaml, &mut |_| Ok(Vec::new()));
-        assert!(errors.is_empty(), "{errors:?}");
-        let host = Host {
-            euid: 1000,
-            egid: 1000,
-            services_file: String::new(),
-            environment: Vec::new(),
-        };
-        match resolve(&table, &host) {
+        match resolve_yaml(&yaml) {
             Ok(_) => Vec::new(),
             Err(errors) => errors.iter().map(|e| e.message.clone()).collect(),
         }
@@ -565,6 +684,155 @@ mod tests {
                 "udp/127.0.0.1:1 overlaps 127.0.0.1:1 of service \"a\"",
             ]
         );
+    }
+
+    /// A folder of its own under the system's temporary folder, removed at the end.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let path =
+                std::env::temp_dir().join(format!("rinetd-resolve-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Scratch(path)
+        }
+
+        fn script(&self, name: &str, text: &str) -> String {
+            use std::os::unix::fs::PermissionsExt;
+            let path = self.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path.display().to_string()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn resolved(yaml: &str) -> Result<(Vec<Service>, Vec<String>), Vec<String>> {
+        resolve_yaml(yaml).map_err(|errors| errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn the_new_keys_reach_the_runtime_service() {
+        let scratch = Scratch::new("new-keys");
+        let server = scratch.script("run.sh", "#!/bin/sh\nexit 0\n");
+        let yaml = format!(
+            "defaults:\n  respawn_max_delay: 5m\n  per_source_rate: {{max: 3, per: 10s}}\n  source_prefix: {{ipv6: 48}}\n\
+             services:\n  - {{name: keeper, protocol: none, respawn: true, notify: true, server: {server}}}\n\
+             \x20 - {{name: web, port: 1, server: {server}, nice: 0}}\n"
+        );
+        let (services, _) = resolved(&yaml).unwrap();
+        let keeper = &services[0];
+        assert_eq!(keeper.supervise, Some(Supervise { notify: true }));
+        assert!(keeper.listen.is_empty());
+        assert_eq!(
+            keeper.restart_max_delay,
+            std::time::Duration::from_secs(300)
+        );
+        assert_eq!(keeper.limits.per_source_rate, None);
+        let web = &services[1];
+        assert_eq!(web.supervise, None);
+        assert_eq!(
+            web.limits.per_source_rate,
+            Some(crate::service::SourceRate {
+                max: 3,
+                per: std::time::Duration::from_secs(10)
+            })
+        );
+        assert_eq!(web.limits.source_prefix.ipv6, 48);
+        assert_eq!(web.exec_plan().map(|plan| plan.nice), Some(Some(0)));
+        assert_eq!(keeper.exec_plan().map(|plan| plan.nice), Some(None));
+    }
+
+    #[test]
+    fn a_script_exec_cannot_follow_is_a_warning_and_its_reason_rides_in_the_plan() {
+        let scratch = Scratch::new("interpreter");
+        let windows = scratch.script("windows.sh", "#!/bin/sh\r\nexit 0\r\n");
+        let missing = scratch.script("missing.sh", "#!/no/such/interpreter -x\nexit 0\n");
+        let fine = scratch.script("fine.sh", "#!/bin/sh\nexit 0\n");
+        let yaml = format!(
+            "services:\n  - {{name: w, port: 1, server: {windows}}}\n  - {{name: m, port: 2, server: {missing}}}\n  - {{name: f, port: 3, server: {fine}}}\n"
+        );
+        let (services, warnings) = resolved(&yaml).unwrap();
+        let problems: Vec<Option<String>> = services
+            .iter()
+            .map(|service| {
+                service
+                    .exec_plan()
+                    .and_then(|plan| plan.script_problem.clone())
+            })
+            .collect();
+        assert!(
+            problems[0]
+                .as_deref()
+                .is_some_and(|p| p.contains("Windows line endings")),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1]
+                .as_deref()
+                .is_some_and(|p| p.contains("interpreter /no/such/interpreter does not exist")),
+            "{problems:?}"
+        );
+        assert_eq!(problems[2], None);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("t:2:")
+                && warnings[0].contains(": service \"w\": key \"server\": "),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn tls_settings_are_loaded_into_the_service() {
+        let scratch = Scratch::new("tls");
+        let made = std::process::Command::new("openssl")
+            .current_dir(&scratch.0)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .output();
+        if !made.is_ok_and(|made| made.status.success()) {
+            eprintln!("skipped: the openssl CLI is needed to make a certificate");
+            return;
+        }
+        let dir = scratch.0.display();
+        let yaml = format!(
+            "services:\n  - {{name: s, port: 1, builtin: echo, tls: {{cert: {dir}/cert.pem, key: {dir}/key.pem, alpn: [h2]}}}}\n\
+             \x20 - {{name: bad, port: 2, builtin: echo, tls: {{cert: {dir}/cert.pem, key: {dir}/nokey.pem}}}}\n"
+        );
+        let errors = resolved(&yaml).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("t:3:")
+                && errors[0].contains(": service \"bad\": key \"tls.key\": ")
+                && errors[0].ends_with("nokey.pem: cannot read it: No such file or directory"),
+            "{errors:?}"
+        );
+        let yaml = yaml.lines().take(2).collect::<Vec<_>>().join("\n");
+        let (services, _) = resolved(&yaml).unwrap();
+        let tls = services[0].tls.as_ref().expect("tls loaded");
+        assert_eq!(tls.settings.alpn, ["h2"]);
+        assert_eq!(tls.config.alpn_protocols, [b"h2".to_vec()]);
     }
 
     #[test]

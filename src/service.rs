@@ -104,9 +104,14 @@ pub struct ExecPlan {
     pub cwd: CString,
     pub credentials: Option<Credentials>,
     pub rlimits: Vec<(Resource, Option<u64>)>,
-    pub nice: i32,
+    /// `nice:` applied as an absolute value; None keeps rinetd's own niceness.
+    pub nice: Option<i32>,
     pub umask: u32,
     pub stderr: StderrMode,
+    /// Why exec of this script is bound to fail although the file exists (its `#!` interpreter
+    /// is missing or ends in a carriage return), for the `spawn failed` line when execve says
+    /// ENOENT; checked at each load.
+    pub script_problem: Option<String>,
 }
 
 /// The identity a handler switches to before exec.

@@ -109,7 +109,9 @@ impl StreamBuiltin {
             }
             let flushed = self.sent == self.out.len();
             match self.kind {
-                Builtin::Daytime | Builtin::Time if flushed => return Step::Close,
+                Builtin::Daytime | Builtin::Time | Builtin::Metrics if flushed => {
+                    return Step::Close;
+                }
                 Builtin::Echo if flushed && self.peer_closed => {
                     // Half-close honoured: everything the client sent has been echoed.
                     let _ = socket.shutdown(Shutdown::Write);

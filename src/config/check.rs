@@ -1,26 +1,87 @@
-//! Turns the raw YAML shape into a checked `Table`: every value's type, range and form, every
-//! contract rule that needs no system lookup, and every message located at file:line:column.
+//! Turns the YAML node tree (`yaml.rs`) into a checked `Table`: every key known or reported
+//! (with "did you mean"), every value's type, range and form, every contract rule that needs no
+//! system lookup, each message located at file:line:column in the user's words. A mistake in
+//! one service never hides another's: each service, `defaults:` and each included file is
+//! checked whole, and only a YAML syntax error stops the reading of its file, at that point.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde_saphyr::Spanned;
 
-use super::raw::{
-    NameProbe, OneOrMany, ProbeFile, RawFile, RawIncluded, RawRateLimit, RawService, Scalar,
-};
+use super::yaml::{self, Map, Node, Value};
 use super::{
     Builtin, ConfigError, Handler, IdSpec, LimitValue, Place, PortSpec, Pos, Protocol, RateLimit,
-    Resource, ServiceSpec, StderrMode, Table, UnixSocket,
+    Resource, ServiceSpec, StderrMode, Table, TlsPlaces, TlsSpec, UnixSocket,
 };
+use crate::compat::emit::scalar as yaml_scalar;
+use crate::service::{RESTART_MAX_DELAY, SourcePrefix, SourceRate};
+use crate::tls::config::{DEFAULT_HANDSHAKE_TIMEOUT, MinVersion, SniEntry, TlsSettings};
 
 const DEFAULT_MAX_CHILDREN: u32 = 256;
 const DEFAULT_BACKLOG: u32 = 1024;
 const DEFAULT_UMASK: u32 = 0o022;
+const DEFAULT_SOCKET_MODE: u32 = 0o666;
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+const TOP_KEYS: &[&str] = &["defaults", "include", "services"];
+const INCLUDED_KEYS: &[&str] = &["services"];
+/// The keys that describe one service only, and so cannot be set in `defaults:`.
+const OWN_KEYS: &[&str] = &[
+    "name",
+    "protocol",
+    "address",
+    "port",
+    "path",
+    "socket_mode",
+    "server",
+    "args",
+    "builtin",
+    "wait",
+    "disabled",
+    "respawn",
+    "notify",
+    "tls",
+];
+/// The contract's (d) keys: a service's own value, else the one in `defaults:`.
+const DEFAULT_KEYS: &[&str] = &[
+    "user",
+    "group",
+    "env",
+    "pass_env",
+    "cwd",
+    "stderr",
+    "max_children",
+    "per_source",
+    "per_source_rate",
+    "source_prefix",
+    "rate_limit",
+    "only_from",
+    "no_access",
+    "timeout",
+    "rlimits",
+    "nice",
+    "umask",
+    "backlog",
+    "keepalive",
+    "proxy_protocol",
+    "respawn_max_delay",
+];
+const RATE_LIMIT_KEYS: &[&str] = &["max", "per", "pause"];
+const SOURCE_RATE_KEYS: &[&str] = &["max", "per"];
+const SOURCE_PREFIX_KEYS: &[&str] = &["ipv4", "ipv6"];
+const TLS_KEYS: &[&str] = &[
+    "cert",
+    "key",
+    "sni",
+    "client_ca",
+    "alpn",
+    "min_version",
+    "handshake_timeout",
+];
+const SNI_KEYS: &[&str] = &["names", "cert", "key"];
 
 /// Parses and checks `text`, read from `file`. Returns the table or every error found.
 #[cfg(test)]
@@ -33,11 +94,14 @@ pub fn parse(file: &str, text: &str) -> Result<Table, Vec<ConfigError>> {
     }
 }
 
-/// Like `parse`, but also returns the services that passed when others did not, so that the
-/// later stage (resolve) can report its errors for them in the same run.
-///
-/// `include` expands one `include:` entry (a path or glob, as written) into the files it names,
-/// with their text, in order; it is where the filesystem is read, so this module stays pure.
+/// Expands an `include:` entry into (path, text) pairs, or says why it cannot.
+pub type Includer<'a> = dyn FnMut(&str) -> Result<Vec<(String, String)>, String> + 'a;
+
+/// Parses and checks a table, and returns the services that passed even when others did not,
+/// so that the later stage (resolve) can report its errors for them in the same run. Errors
+/// come in file and line order. Pure: `include` expands one `include:` entry (a path or glob,
+/// as written) into the files it names, with their text, in order; it is where the filesystem
+/// is read. Never panics, whatever the text (the fuzzers' entry point).
 pub fn parse_partial(
     file: &str,
     text: &str,
@@ -45,74 +109,51 @@ pub fn parse_partial(
 ) -> (Table, Vec<ConfigError>) {
     let mut table = Table {
         file: file.to_string(),
+        files: vec![file.to_string()],
         services: Vec::new(),
     };
-    let raw: RawFile = match serde_saphyr::from_str_with_options(text, yaml_options()) {
-        Ok(raw) => raw,
-        Err(err) => return (table, vec![syntax_error(file, text, &err)]),
+    let mut checker = Checker::new(file);
+    let document = checker.document(text);
+    let (top, complete) = checker.top(&document, text, TOP_KEYS);
+    let defaults = match top.get("defaults") {
+        Some(node) => checker.defaults(node),
+        None => Common::default(),
     };
-    let mut checker = Checker::new(file, text, file, text);
-    let defaults = match raw.defaults {
-        Some(defaults) => {
-            checker.reject_in_defaults(&defaults);
-            defaults.value
-        }
-        None => RawService::default(),
-    };
-    table.services = checker.services(raw.services, &defaults);
+    // `service:` said "did you mean services": "missing key services" would say it twice.
+    let complete = complete && !top.misspelt("services");
+    table.services = checker.services(top.get("services"), complete, &defaults);
     let mut errors = checker.errors;
-    for pattern in raw.include.iter().flat_map(|list| &list.value) {
-        match include(&pattern.value) {
+    let patterns = match top.get("include") {
+        Some(node) => {
+            let mut list_checker = Checker::new(file);
+            let patterns = list_checker.texts(node, None, "include");
+            errors.extend(list_checker.errors);
+            patterns.unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    for (pattern, pos) in patterns {
+        match include(&pattern) {
             Err(message) => errors.push(ConfigError {
                 file: file.to_string(),
-                pos: Some(pos_of(pattern)),
+                pos: Some(pos),
                 service: None,
-                message: format!("include \"{}\": {message}", pattern.value),
+                message: format!("include \"{pattern}\": {message}"),
             }),
             Ok(files) => {
                 for (path, included) in files {
-                    let main = (file, text);
-                    let (services, more) = parse_included(&path, &included, &defaults, main);
+                    let mut checker = Checker::new(&path);
+                    let services = checker.included(&included, &defaults);
                     table.services.extend(services);
-                    errors.extend(more);
+                    errors.extend(checker.errors);
+                    table.files.push(path);
                 }
             }
         }
     }
     errors.extend(duplicate_names(&table.services));
-    (table, without_repeats(errors))
-}
-
-/// A mistake in `defaults:` is found once per service that takes the value: report it once.
-fn without_repeats(errors: Vec<ConfigError>) -> Vec<ConfigError> {
-    let mut seen = std::collections::HashSet::new();
-    errors
-        .into_iter()
-        .filter(|error| seen.insert(error.to_string()))
-        .collect()
-}
-
-/// Expands an `include:` entry into (path, text) pairs, or says why it cannot.
-pub type Includer<'a> = dyn FnMut(&str) -> Result<Vec<(String, String)>, String> + 'a;
-
-fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! { strict_booleans: true }
-}
-
-/// An included file: a `services:` list and nothing else; `defaults:` of the main file apply.
-fn parse_included(
-    file: &str,
-    text: &str,
-    defaults: &RawService,
-    (main_file, main_text): (&str, &str),
-) -> (Vec<ServiceSpec>, Vec<ConfigError>) {
-    let raw: RawIncluded = match serde_saphyr::from_str_with_options(text, yaml_options()) {
-        Ok(raw) => raw,
-        Err(err) => return (Vec::new(), vec![syntax_error(file, text, &err)]),
-    };
-    let mut checker = Checker::new(file, text, main_file, main_text);
-    let services = checker.services(raw.services, defaults);
-    (services, checker.errors)
+    super::sort_errors(&mut errors, &table.files);
+    (table, errors)
 }
 
 /// Names are unique over the whole table, included files too.
@@ -120,8 +161,8 @@ fn duplicate_names(services: &[ServiceSpec]) -> Vec<ConfigError> {
     let mut first: HashMap<&str, &ServiceSpec> = HashMap::new();
     let mut errors = Vec::new();
     for service in services {
-        if let Some(earlier) = first.insert(&service.name, service) {
-            errors.push(ConfigError {
+        match first.get(service.name.as_str()) {
+            Some(earlier) => errors.push(ConfigError {
                 file: service.file.clone(),
                 pos: Some(service.pos),
                 service: Some(service.name.clone()),
@@ -129,101 +170,21 @@ fn duplicate_names(services: &[ServiceSpec]) -> Vec<ConfigError> {
                     "duplicate service name (first defined at {}:{})",
                     earlier.file, earlier.pos.line
                 ),
-            });
-            first.insert(&earlier.name, earlier);
+            }),
+            None => {
+                first.insert(&service.name, service);
+            }
         }
     }
     errors
 }
 
-fn pos_of<T>(value: &Spanned<T>) -> Pos {
-    Pos {
-        line: value.referenced.line(),
-        column: value.referenced.column(),
-    }
-}
-
-/// A serde/YAML error rephrased for people: which service, which key, and a suggestion.
-fn syntax_error(file: &str, text: &str, err: &serde_saphyr::Error) -> ConfigError {
-    let pos = err.location().map(|loc| Pos {
-        line: loc.line(),
-        column: loc.column(),
-    });
-    let raw_message = err.without_snippet().to_string();
-    let message = raw_message
-        .rsplit_once(" at line ")
-        .map_or(raw_message.as_str(), |(head, _)| head)
-        .to_string();
-    let service = pos.and_then(|pos| service_at(text, pos.line));
-    let message = if let Some(hint) = crate::compat::hint_for_unparsable(file, text) {
-        format!("{message}; {hint}")
-    } else if let Some(rest) = message.strip_prefix("unknown field ") {
-        unknown_key_message(rest)
-    } else if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
-        let key = rest.split(',').next().unwrap_or(rest).trim();
-        format!("duplicate key \"{key}\"")
-    } else {
-        let readable = readable_type_error(&message);
-        match pos.and_then(|pos| key_at(text, pos)) {
-            Some(key) => format!("key \"{key}\": {readable}"),
-            None => readable,
-        }
-    };
-    ConfigError {
-        file: file.to_string(),
-        pos,
-        service,
-        message,
-    }
-}
-
-/// `` `sever`, expected one of name, port `` → `unknown key "sever" (did you mean "server"?)`.
-fn unknown_key_message(rest: &str) -> String {
-    let (key, expected) = match rest.split_once(", expected") {
-        Some((key, expected)) => (key, expected),
-        None => (rest, ""),
-    };
-    let key = key.trim_matches(|c| c == '`' || c == '"');
-    if let Some(replacement) = crate::compat::replacement_for_xinetd_key(key) {
-        return format!(
-            "unknown key \"{key}\" (an xinetd attribute; rinetd's key is {replacement})"
-        );
-    }
-    let candidates: Vec<&str> = expected
-        .trim_start_matches(" one of")
-        .split(',')
-        .map(|word| word.trim().trim_matches('`'))
-        .filter(|word| !word.is_empty())
-        .collect();
-    // The keys serde says are valid where the mistake is (an included file takes `services`
-    // only, for instance).
-    let known = &candidates;
-    match nearest(key, known) {
-        Some(near) => format!("unknown key \"{key}\" (did you mean \"{near}\"?)"),
-        None => format!("unknown key \"{key}\" (valid keys: {})", known.join(", ")),
-    }
-}
-
-fn readable_type_error(message: &str) -> String {
-    if message.contains("untagged enum Scalar") {
-        "expected a number or a string".to_string()
-    } else if message.contains("untagged enum OneOrMany") {
-        "expected an IP address or a list of them".to_string()
-    } else if message == "invalid boolean" {
-        "expected true or false".to_string()
-    } else if let Some(kind) = message.strip_prefix("invalid ") {
-        if kind.starts_with('i') || kind.starts_with('u') {
-            "expected an integer".to_string()
-        } else {
-            message.to_string()
-        }
-    } else {
-        message.to_string()
-    }
-}
-
 /// The nearest known word within a small edit distance, for "did you mean".
 fn nearest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    // Far longer than any key: not worth comparing (and the comparison is quadratic).
+    if word.len() > 64 {
+        return None;
+    }
     known
         .iter()
         .map(|candidate| (edit_distance(word, candidate), *candidate))
@@ -247,588 +208,853 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// The mapping key that owns the value at `pos`: on the same line before the column, or on the
-/// nearest line above that is indented less.
-fn key_at(text: &str, pos: Pos) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let index = usize::try_from(pos.line).ok()?.checked_sub(1)?;
-    let line = lines.get(index)?;
-    let column = usize::try_from(pos.column).ok()?.saturating_sub(1);
-    let before: String = line.chars().take(column).collect();
-    if let Some(key) = key_of_line(&before) {
-        return Some(key);
+fn key_text(key: &Node) -> Option<&str> {
+    key.scalar().map(|scalar| scalar.text.as_str())
+}
+
+/// The keys of one mapping that the checker knows, each with its key and value nodes; `null`
+/// values read as absent (`max_children: ~` is no setting at all).
+struct Fields<'n> {
+    found: Vec<(&'static str, &'n Node, &'n Node)>,
+    /// Known keys that an unknown one was taken for ("did you mean"): that such a key is
+    /// missing has been said already.
+    suggested: Vec<&'static str>,
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.get_even_null(key).filter(|value| !value.is_null())
     }
-    let indent = line.len() - line.trim_start().len();
-    lines[..index]
-        .iter()
-        .rev()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .find(|l| l.len() - l.trim_start().len() < indent)
-        .and_then(|l| key_of_line(l))
+
+    /// `stderr: null` is a setting (/dev/null), not an absence.
+    fn get_even_null(&self, key: &str) -> Option<&'n Node> {
+        self.found
+            .iter()
+            .find(|(name, _, _)| *name == key)
+            .map(|(_, _, value)| *value)
+    }
+
+    fn pos(&self, key: &str) -> Option<Pos> {
+        self.get(key).map(|value| value.pos)
+    }
+
+    fn without(self, keys: &[&str]) -> Fields<'n> {
+        Fields {
+            found: self
+                .found
+                .into_iter()
+                .filter(|(name, _, _)| !keys.contains(name))
+                .collect(),
+            suggested: self.suggested,
+        }
+    }
+
+    /// Whether "missing key" would repeat a "did you mean" said about a misspelt one.
+    fn misspelt(&self, key: &str) -> bool {
+        self.suggested.contains(&key)
+    }
 }
 
-fn key_of_line(line: &str) -> Option<String> {
-    let trimmed = line.trim_start().trim_start_matches("- ").trim_start();
-    let (key, _) = trimmed.split_once(':')?;
-    let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
-    let plain = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    plain.then(|| key.to_string())
+/// The (d) keys as given, for a service or for `defaults:`. A value given but wrong is None
+/// (and reported): the table fails anyway, and nothing else is said about it.
+#[derive(Debug, Clone, Default)]
+struct Common {
+    user: Option<(IdSpec, Place)>,
+    group: Option<(IdSpec, Place)>,
+    env: Option<BTreeMap<String, String>>,
+    pass_env: Option<Vec<String>>,
+    cwd: Option<PathBuf>,
+    stderr: Option<StderrMode>,
+    max_children: Option<u32>,
+    per_source: Option<u32>,
+    per_source_rate: Option<SourceRate>,
+    source_prefix: Option<SourcePrefix>,
+    rate_limit: Option<RateLimit>,
+    only_from: Option<Vec<IpNet>>,
+    no_access: Option<Vec<IpNet>>,
+    /// `Some(None)`: given as 0, no timeout.
+    timeout: Option<Option<Duration>>,
+    rlimits: Option<Vec<(Resource, LimitValue)>>,
+    nice: Option<i32>,
+    umask: Option<u32>,
+    backlog: Option<u32>,
+    keepalive: Option<bool>,
+    proxy_protocol: Option<bool>,
+    respawn_max_delay: Option<Duration>,
 }
 
-/// The name of the service whose entry covers `line`, found by a lenient second parse.
-fn service_at(text: &str, line: u64) -> Option<String> {
-    let probe: ProbeFile = serde_saphyr::from_str(text).ok()?;
-    let entry = probe
-        .services?
-        .into_iter()
-        .filter(|entry| entry.referenced.line() <= line)
-        .max_by_key(|entry| entry.referenced.line())?;
-    match entry.value.name {
-        Some(NameProbe::Text(name)) => Some(name),
-        _ => None,
+impl Common {
+    /// A service's own values, and `defaults:` where it has none.
+    fn over(self, defaults: &Common) -> Common {
+        Common {
+            user: self.user.or_else(|| defaults.user.clone()),
+            group: self.group.or_else(|| defaults.group.clone()),
+            env: self.env.or_else(|| defaults.env.clone()),
+            pass_env: self.pass_env.or_else(|| defaults.pass_env.clone()),
+            cwd: self.cwd.or_else(|| defaults.cwd.clone()),
+            stderr: self.stderr.or(defaults.stderr),
+            max_children: self.max_children.or(defaults.max_children),
+            per_source: self.per_source.or(defaults.per_source),
+            per_source_rate: self.per_source_rate.or(defaults.per_source_rate),
+            source_prefix: self.source_prefix.or(defaults.source_prefix),
+            rate_limit: self.rate_limit.or(defaults.rate_limit),
+            only_from: self.only_from.or_else(|| defaults.only_from.clone()),
+            no_access: self.no_access.or_else(|| defaults.no_access.clone()),
+            timeout: self.timeout.or(defaults.timeout),
+            rlimits: self.rlimits.or_else(|| defaults.rlimits.clone()),
+            nice: self.nice.or(defaults.nice),
+            umask: self.umask.or(defaults.umask),
+            backlog: self.backlog.or(defaults.backlog),
+            keepalive: self.keepalive.or(defaults.keepalive),
+            proxy_protocol: self.proxy_protocol.or(defaults.proxy_protocol),
+            respawn_max_delay: self.respawn_max_delay.or(defaults.respawn_max_delay),
+        }
+    }
+}
+
+/// What a service is, which decides the keys that apply to it (the checker refuses the others
+/// when set on the service, and `dump` writes only these).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shape {
+    pub(super) protocol: Protocol,
+    pub(super) builtin: bool,
+    pub(super) wait: bool,
+    pub(super) supervised: bool,
+}
+
+impl Shape {
+    pub(super) fn of(spec: &ServiceSpec) -> Shape {
+        Shape {
+            protocol: spec.protocol,
+            builtin: matches!(spec.handler, Handler::Builtin(_)),
+            wait: spec.wait,
+            supervised: spec.respawn,
+        }
+    }
+
+    /// Keys that act on the handler process.
+    pub(super) fn runs_program(self) -> bool {
+        !self.builtin
+    }
+
+    /// `only_from`, `no_access`, `per_source`: rinetd sees each client's address.
+    pub(super) fn sees_clients(self) -> bool {
+        !self.supervised
+            && match self.protocol {
+                Protocol::Tcp => !self.wait,
+                Protocol::Udp => true,
+                Protocol::Unix | Protocol::None => false,
+            }
+    }
+
+    /// `per_source_rate`, `source_prefix`: a connection or datagram per handler, with an address.
+    pub(super) fn counts_sources(self) -> bool {
+        !self.supervised && !self.wait && matches!(self.protocol, Protocol::Tcp | Protocol::Udp)
+    }
+
+    pub(super) fn rate_limited(self) -> bool {
+        !self.supervised
+            && match self.protocol {
+                Protocol::Tcp | Protocol::Unix => !self.wait,
+                Protocol::Udp => true,
+                Protocol::None => false,
+            }
+    }
+
+    pub(super) fn keepalive(self) -> bool {
+        self.protocol == Protocol::Tcp && !self.wait
+    }
+
+    pub(super) fn backlog(self) -> bool {
+        matches!(self.protocol, Protocol::Tcp | Protocol::Unix)
+    }
+
+    /// `proxy_protocol` and `tls`: rinetd reads the connection before the handler does.
+    pub(super) fn tcp_nowait(self) -> bool {
+        self.protocol == Protocol::Tcp && !self.wait && !self.supervised
     }
 }
 
 struct Checker<'a> {
     file: &'a str,
-    text: &'a str,
-    /// The main file, where `defaults:` is written.
-    defaults_file: &'a str,
-    defaults_text: &'a str,
-    /// The value being checked came from `defaults:`: its errors are located in the main file
-    /// and belong to no one service.
-    in_defaults: bool,
     errors: Vec<ConfigError>,
 }
 
 impl<'a> Checker<'a> {
-    fn new(
-        file: &'a str,
-        text: &'a str,
-        defaults_file: &'a str,
-        defaults_text: &'a str,
-    ) -> Checker<'a> {
+    fn new(file: &'a str) -> Checker<'a> {
         Checker {
             file,
-            text,
-            defaults_file,
-            defaults_text,
-            in_defaults: false,
             errors: Vec::new(),
         }
     }
 
     fn error(&mut self, pos: Pos, service: Option<&str>, message: impl Into<String>) {
-        let (file, service) = if self.in_defaults {
-            (self.defaults_file, None)
-        } else {
-            (self.file, service)
-        };
         self.errors.push(ConfigError {
-            file: file.to_string(),
+            file: self.file.to_string(),
             pos: Some(pos),
             service: service.map(str::to_string),
             message: message.into(),
         });
     }
 
-    /// A (d) key: `check` on the service's own value, else on the one from `defaults:` (with
-    /// its errors located there).
-    fn pick<T, R>(
-        &mut self,
-        own: &Option<Spanned<T>>,
-        defaults: &Option<Spanned<T>>,
-        check: impl FnOnce(&mut Self, &Spanned<T>) -> R,
-    ) -> Option<R> {
-        match (own, defaults) {
-            (Some(own), _) => Some(check(self, own)),
-            (None, Some(default)) => {
-                self.in_defaults = true;
-                let checked = check(self, default);
-                self.in_defaults = false;
-                Some(checked)
-            }
-            (None, None) => None,
-        }
-    }
-
-    /// Where a value being checked was written, for later stages' messages about it.
     fn place(&self, pos: Pos) -> Place {
-        let file = if self.in_defaults {
-            self.defaults_file
-        } else {
-            self.file
-        };
         Place {
-            file: file.to_string(),
+            file: self.file.to_string(),
             pos,
         }
     }
 
-    /// Checks a `services:` list; a missing one is an error (an empty one is not).
+    /// Reads `text`; a syntax error is reported, named after the service it is in, with the
+    /// convert hint when the file is really an inetd.conf or an xinetd file.
+    fn document(&mut self, text: &str) -> yaml::Document {
+        let document = yaml::read(text);
+        if let Some(error) = &document.error {
+            let service = document
+                .root
+                .as_ref()
+                .and_then(|root| service_at(root, error.pos.line));
+            let message = match crate::compat::hint_for_unparsable(self.file, text) {
+                Some(hint) => format!("{}; {hint}", error.message),
+                None => error.message.clone(),
+            };
+            self.error(error.pos, service.as_deref(), message);
+        }
+        document
+    }
+
+    /// The top of a file must be a mapping.
+    fn root<'n>(&mut self, root: &'n Node, text: &str) -> Option<&'n Map> {
+        match &root.value {
+            Value::Map(map) => Some(map),
+            _ if root.is_null() => None,
+            _ => {
+                let hint = crate::compat::hint_for_unparsable(self.file, text)
+                    .map(|hint| format!("; {hint}"))
+                    .unwrap_or_default();
+                self.error(
+                    root.pos,
+                    None,
+                    format!(
+                        "the table is a mapping with a \"services:\" list, not {}{hint}",
+                        root.described()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The known keys of `map`; an unknown key or one given twice is reported at the key.
+    /// `within` names the enclosing key for nested mappings (`rate_limit`).
+    fn fields<'n>(
+        &mut self,
+        map: &'n Map,
+        known: &[&'static str],
+        svc: Option<&str>,
+        within: &str,
+    ) -> Fields<'n> {
+        let mut found: Vec<(&'static str, &'n Node, &'n Node)> = Vec::new();
+        let mut suggested = Vec::new();
+        let prefix = if within.is_empty() {
+            String::new()
+        } else {
+            format!("key \"{within}\": ")
+        };
+        for (key, value) in &map.entries {
+            let Some(text) = key_text(key) else {
+                self.error(
+                    key.pos,
+                    svc,
+                    format!("{prefix}a key must be a word, not {}", key.described()),
+                );
+                continue;
+            };
+            match known.iter().find(|k| **k == text) {
+                Some(name) => {
+                    if let Some((_, first, _)) = found.iter().find(|(n, _, _)| n == name) {
+                        let line = first.pos.line;
+                        self.error(
+                            key.pos,
+                            svc,
+                            format!(
+                                "{prefix}duplicate key \"{text}\" (first given on line {line})"
+                            ),
+                        );
+                    } else {
+                        found.push((name, key, value));
+                    }
+                }
+                None => {
+                    let (message, near) = unknown_key(text, known);
+                    suggested.extend(near);
+                    self.error(key.pos, svc, format!("{prefix}{message}"));
+                }
+            }
+        }
+        Fields { found, suggested }
+    }
+
+    /// `defaults:`: the (d) keys, checked once, located in the main file.
+    fn defaults(&mut self, node: &Node) -> Common {
+        let Value::Map(map) = &node.value else {
+            if !node.is_null() {
+                self.error(
+                    node.pos,
+                    None,
+                    format!(
+                        "key \"defaults\": write a mapping of keys (defaults: {{user: nobody}}), not {}",
+                        node.described()
+                    ),
+                );
+            }
+            return Common::default();
+        };
+        let mut known: Vec<&'static str> = DEFAULT_KEYS.to_vec();
+        known.extend_from_slice(OWN_KEYS);
+        let fields = self.fields(map, &known, None, "");
+        for key in OWN_KEYS {
+            if let Some(value) = fields.get_even_null(key) {
+                self.error(
+                    value.pos,
+                    None,
+                    format!("key \"{key}\" cannot be set in defaults (it belongs to one service)"),
+                );
+            }
+        }
+        self.common(&fields, None)
+    }
+
+    /// An included file: a `services:` list and nothing else; `defaults:` of the main file apply.
+    fn included(&mut self, text: &str, defaults: &Common) -> Vec<ServiceSpec> {
+        let document = self.document(text);
+        let (fields, complete) = self.top(&document, text, INCLUDED_KEYS);
+        let complete = complete && !fields.misspelt("services");
+        self.services(fields.get("services"), complete, defaults)
+    }
+
+    /// The top-level keys of a file, and whether its mapping was read whole (a syntax error
+    /// cuts it short: a key it lacks may simply come later).
+    fn top<'d>(
+        &mut self,
+        document: &'d yaml::Document,
+        text: &str,
+        known: &[&'static str],
+    ) -> (Fields<'d>, bool) {
+        static EMPTY: Map = Map {
+            entries: Vec::new(),
+            complete: true,
+        };
+        let root = document.root.as_ref();
+        // After a syntax error, that error is the complaint: not also "not a mapping".
+        let map = match root {
+            Some(root) if document.error.is_none() => self.root(root, text),
+            Some(Node {
+                value: Value::Map(map),
+                ..
+            }) => Some(map),
+            _ => None,
+        };
+        match map {
+            Some(map) => (self.fields(map, known, None, ""), map.complete),
+            // An empty file lacks `services:`; one that is not a mapping was said to be so.
+            None => (
+                self.fields(&EMPTY, known, None, ""),
+                document.error.is_none() && root.is_none_or(Node::is_null),
+            ),
+        }
+    }
+
+    /// A `services:` list; a missing one is an error (an empty one is not).
     fn services(
         &mut self,
-        entries: Option<Spanned<Vec<Spanned<RawService>>>>,
-        defaults: &RawService,
+        list: Option<&Node>,
+        complete: bool,
+        defaults: &Common,
     ) -> Vec<ServiceSpec> {
-        let Some(entries) = entries else {
-            self.errors.push(ConfigError {
-                file: self.file.to_string(),
-                pos: None,
-                service: None,
-                message: "missing key \"services\" (an empty list `services: []` is allowed)"
-                    .to_string(),
-            });
+        let Some(list) = list else {
+            if complete {
+                self.errors.push(ConfigError {
+                    file: self.file.to_string(),
+                    pos: None,
+                    service: None,
+                    message: "missing key \"services\" (an empty list `services: []` is allowed)"
+                        .to_string(),
+                });
+            }
+            return Vec::new();
+        };
+        let Value::List(entries) = &list.value else {
+            self.error(
+                list.pos,
+                None,
+                format!(
+                    "key \"services\": write a list of services (services: [] or lines starting with \"- name:\"), not {}",
+                    list.described()
+                ),
+            );
             return Vec::new();
         };
         entries
-            .value
             .iter()
             .enumerate()
             .filter_map(|(index, entry)| self.service(index, entry, defaults))
             .collect()
     }
 
-    /// Keys that describe one particular service make no sense as a default for all of them.
-    fn reject_in_defaults(&mut self, defaults: &Spanned<RawService>) {
-        let d = &defaults.value;
-        let per_service: [(&str, Option<Pos>); 11] = [
-            ("name", d.name.as_ref().map(pos_of)),
-            ("protocol", d.protocol.as_ref().map(pos_of)),
-            ("address", d.address.as_ref().map(pos_of)),
-            ("port", d.port.as_ref().map(pos_of)),
-            ("path", d.path.as_ref().map(pos_of)),
-            ("socket_mode", d.socket_mode.as_ref().map(pos_of)),
-            ("server", d.server.as_ref().map(pos_of)),
-            ("args", d.args.as_ref().map(pos_of)),
-            ("builtin", d.builtin.as_ref().map(pos_of)),
-            ("wait", d.wait.as_ref().map(pos_of)),
-            ("disabled", d.disabled.as_ref().map(pos_of)),
-        ];
-        for (key, pos) in per_service {
-            if let Some(pos) = pos {
-                self.error(
-                    pos,
-                    None,
-                    format!("key \"{key}\" cannot be set in defaults (it belongs to one service)"),
-                );
-            }
-        }
-    }
-
-    fn service(
-        &mut self,
-        index: usize,
-        entry: &Spanned<RawService>,
-        defaults: &RawService,
-    ) -> Option<ServiceSpec> {
-        let s = &entry.value;
+    fn service(&mut self, index: usize, entry: &Node, defaults: &Common) -> Option<ServiceSpec> {
+        let label = format!("#{}", index + 1);
+        let Value::Map(map) = &entry.value else {
+            self.error(
+                entry.pos,
+                Some(&label),
+                format!(
+                    "each service is a mapping of keys (- name: hello, port: …), not {}",
+                    entry.described()
+                ),
+            );
+            return None;
+        };
         let errors_before = self.errors.len();
-        let entry_pos = pos_of(entry);
-        let name = match &s.name {
-            Some(name) => {
-                let valid = valid_name(&name.value);
-                if !valid {
-                    self.error(
-                        pos_of(name),
-                        Some(&name.value),
-                        "key \"name\": must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}",
-                    );
+        let complete = map.complete;
+        let entry_pos = entry.pos;
+        // The name first, so that every message about this entry can carry it.
+        let name_node = map
+            .entries
+            .iter()
+            .find(|(key, value)| key_text(key) == Some("name") && !value.is_null())
+            .map(|(_, value)| value);
+        let name = match name_node {
+            Some(node) => match self.text(node, Some(&label), "name") {
+                Some(name) => {
+                    if !valid_name(&name) {
+                        self.error(
+                            node.pos,
+                            Some(&name),
+                            "key \"name\": must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+                        );
+                    }
+                    name
                 }
-                name.value.clone()
-            }
-            None => {
-                let label = format!("#{}", index + 1);
-                self.error(entry_pos, Some(&label), "missing key \"name\"");
-                label
-            }
+                None => label.clone(),
+            },
+            None => label.clone(),
         };
         let svc = Some(name.as_str());
+        let mut known: Vec<&'static str> = OWN_KEYS.to_vec();
+        known.extend_from_slice(DEFAULT_KEYS);
+        let fields = self.fields(map, &known, svc, "");
+        if name_node.is_none() && complete && !fields.misspelt("name") {
+            self.error(entry_pos, svc, "missing key \"name\"");
+        }
 
-        let protocol = match &s.protocol {
+        let protocol = match fields.get("protocol") {
             None => Protocol::Tcp,
-            Some(p) => match p.value.as_str() {
-                "tcp" => Protocol::Tcp,
-                "udp" => Protocol::Udp,
-                "unix" => Protocol::Unix,
-                other => {
+            Some(node) => match self.text(node, svc, "protocol").as_deref() {
+                Some("tcp") | None => Protocol::Tcp,
+                Some("udp") => Protocol::Udp,
+                Some("unix") => Protocol::Unix,
+                Some("none") => Protocol::None,
+                Some(other) => {
                     self.error(
-                        pos_of(p),
+                        node.pos,
                         svc,
-                        format!("key \"protocol\": \"{other}\" is not one of tcp, udp, unix"),
+                        format!("key \"protocol\": \"{other}\" is not one of tcp, udp, unix, none"),
                     );
                     Protocol::Tcp
                 }
             },
         };
-        for (key, pos) in [
-            ("path", s.path.as_ref().map(pos_of)),
-            ("socket_mode", s.socket_mode.as_ref().map(pos_of)),
-        ] {
-            if let Some(pos) = pos.filter(|_| protocol != Protocol::Unix) {
-                self.error(pos, svc, format!("key \"{key}\": only for protocol unix"));
-            }
-        }
-        let handler = self.handler(s, entry_pos, svc);
-        let builtin = matches!(handler, Handler::Builtin(_));
-        self.reject_inapplicable(s, svc, protocol, builtin);
-        if builtin && protocol == Protocol::Unix {
-            let pos = s.builtin.as_ref().map_or(entry_pos, pos_of);
+        let respawn = self.flag(&fields, "respawn", svc).unwrap_or(false);
+        if protocol == Protocol::None
+            && !respawn
+            && let Some(pos) = fields.pos("protocol")
+        {
             self.error(
                 pos,
                 svc,
-                "key \"builtin\": builtins are served over tcp and udp only",
+                "key \"protocol\": none is for supervised services (add respawn: true)",
             );
         }
-        let wait = match &s.wait {
-            Some(wait) if wait.value && builtin => {
+        let handler = self.handler(&fields, entry_pos, svc, complete);
+        let builtin = handler_builtin(&handler);
+        if let (Some(which), Some(pos)) = (builtin, fields.pos("builtin")) {
+            match (which, protocol) {
+                _ if respawn => self.error(
+                    pos,
+                    svc,
+                    "key \"builtin\": a supervised service (respawn: true) runs a program: set \"server\"",
+                ),
+                (Builtin::Metrics, Protocol::Udp) => self.error(
+                    pos,
+                    svc,
+                    "key \"builtin\": metrics is served over tcp and unix only",
+                ),
+                (Builtin::Metrics, _) => {}
+                (_, Protocol::Unix | Protocol::None) => self.error(
+                    pos,
+                    svc,
+                    "key \"builtin\": builtins are served over tcp and udp only (metrics: tcp and unix)",
+                ),
+                _ => {}
+            }
+        }
+        let given_wait = self.flag(&fields, "wait", svc);
+        let wait_pos = fields.pos("wait");
+        let wait = if protocol == Protocol::None {
+            false
+        } else if respawn {
+            if let (Some(false), Some(pos)) = (given_wait, wait_pos) {
                 self.error(
-                    pos_of(wait),
+                    pos,
+                    svc,
+                    "key \"wait\": a supervised service with a socket is wait: true (its program accepts the clients itself)",
+                );
+            }
+            true
+        } else if builtin.is_some() {
+            if let (Some(true), Some(pos)) = (given_wait, wait_pos) {
+                self.error(
+                    pos,
                     svc,
                     "key \"wait\": a builtin is served inside rinetd; wait: true does not apply",
                 );
-                false
             }
-            Some(wait) => wait.value,
-            None => protocol == Protocol::Udp && !builtin,
-        };
-        // From `defaults:` it applies where it can (tcp nowait); on a service it must fit.
-        let proxy_fits = protocol == Protocol::Tcp && !wait;
-        let proxy_protocol = match (&s.proxy_protocol, &defaults.proxy_protocol) {
-            (Some(own), _) if own.value && !proxy_fits => {
-                self.error(
-                    pos_of(own),
-                    svc,
-                    "key \"proxy_protocol\": only for tcp services with wait: false",
-                );
-                false
-            }
-            (Some(own), _) => own.value,
-            (None, Some(default)) => default.value && proxy_fits,
-            (None, None) => false,
-        };
-
-        let (addresses, port, port_pos, unix) = if protocol == Protocol::Unix {
-            for (key, pos) in [
-                ("address", s.address.as_ref().map(pos_of)),
-                ("port", s.port.as_ref().map(pos_of)),
-            ] {
-                if let Some(pos) = pos {
-                    self.error(
-                        pos,
-                        svc,
-                        format!("key \"{key}\": not for protocol unix (use \"path\")"),
-                    );
-                }
-            }
-            let unix = self.unix_socket(s, entry_pos, svc);
-            (Vec::new(), PortSpec::Number(0), entry_pos, unix)
+            false
         } else {
-            let addresses = self.addresses(s, svc);
-            let (port, port_pos) = match &s.port {
-                Some(port) => (self.port(port, svc), pos_of(port)),
-                None => (PortSpec::Name(name.clone()), entry_pos),
-            };
-            (addresses, port, port_pos, None)
+            given_wait.unwrap_or(protocol == Protocol::Udp)
+        };
+        let shape = Shape {
+            protocol,
+            builtin: builtin.is_some(),
+            wait,
+            supervised: respawn,
+        };
+        let refused = self.reject_inapplicable(&fields, svc, shape);
+        // A key refused for this kind of service is not checked further: one message about it.
+        let fields = fields.without(&refused);
+        let notify = self.flag(&fields, "notify", svc).unwrap_or(false);
+        if notify
+            && !respawn
+            && let Some(pos) = fields.pos("notify")
+        {
+            self.error(
+                pos,
+                svc,
+                "key \"notify\": only for supervised services (respawn: true)",
+            );
+        }
+
+        let (addresses, port, port_pos, port_from_name, unix) = match protocol {
+            Protocol::Unix => {
+                let unix = self.unix_socket(&fields, entry_pos, svc, complete);
+                (Vec::new(), PortSpec::Number(0), entry_pos, false, unix)
+            }
+            Protocol::None => (Vec::new(), PortSpec::Number(0), entry_pos, false, None),
+            Protocol::Tcp | Protocol::Udp => {
+                let addresses = self.addresses(fields.get("address"), svc);
+                match fields.get("port") {
+                    Some(node) => (addresses, self.port(node, svc), node.pos, false, None),
+                    None => (
+                        addresses,
+                        PortSpec::Name(name.clone()),
+                        entry_pos,
+                        true,
+                        None,
+                    ),
+                }
+            }
         };
 
-        let user = self.pick(&s.user, &defaults.user, |this, u| {
-            (this.id_spec(u, svc, "user"), this.place(pos_of(u)))
-        });
-        let group = self.pick(&s.group, &defaults.group, |this, g| {
-            (this.id_spec(g, svc, "group"), this.place(pos_of(g)))
-        });
-        let env = self
-            .pick(&s.env, &defaults.env, |this, env| {
-                for (key, value) in &env.value {
-                    if key.is_empty()
-                        || key.contains('=')
-                        || key.contains('\0')
-                        || value.contains('\0')
-                    {
-                        this.error(
-                            pos_of(env),
-                            svc,
-                            format!("key \"env\": \"{key}\" is not a valid variable name"),
-                        );
-                    }
-                }
-                env.value.clone()
-            })
-            .unwrap_or_default();
-        let pass_env = self
-            .pick(&s.pass_env, &defaults.pass_env, |this, list| {
-                for key in &list.value {
-                    if key.is_empty() || key.contains('=') || key.contains('\0') {
-                        this.error(
-                            pos_of(list),
-                            svc,
-                            format!("key \"pass_env\": \"{key}\" is not a valid variable name"),
-                        );
-                    }
-                }
-                list.value.clone()
-            })
-            .unwrap_or_default();
-        let cwd = self
-            .pick(&s.cwd, &defaults.cwd, |this, cwd| {
-                if !cwd.value.starts_with('/') {
-                    this.error(pos_of(cwd), svc, "key \"cwd\": must be an absolute path");
-                }
-                PathBuf::from(&cwd.value)
-            })
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let stderr = self
-            .pick(&s.stderr, &defaults.stderr, |this, mode| {
-                match mode.value.as_deref() {
-                    None | Some("null") => StderrMode::Null,
-                    Some("log") => StderrMode::Log,
-                    Some("socket") => StderrMode::Socket,
-                    Some(other) => {
-                        this.error(
-                            pos_of(mode),
-                            svc,
-                            format!("key \"stderr\": \"{other}\" is not one of log, socket, null"),
-                        );
-                        StderrMode::Log
-                    }
-                }
-            })
-            .unwrap_or(StderrMode::Log);
-        let max_children = self
-            .pick(&s.max_children, &defaults.max_children, |this, v| {
-                this.count(v, svc, "max_children")
-            })
-            .unwrap_or(DEFAULT_MAX_CHILDREN);
-        let per_source = self
-            .pick(&s.per_source, &defaults.per_source, |this, v| {
-                this.count(v, svc, "per_source")
-            })
-            .unwrap_or(0);
-        let rate_limit = self
-            .pick(&s.rate_limit, &defaults.rate_limit, |this, r| {
-                this.rate_limit(r, svc)
-            })
-            .flatten();
-        let only_from = self
-            .pick(&s.only_from, &defaults.only_from, |this, list| {
-                this.networks(list, svc, "only_from")
-            })
-            .unwrap_or_default();
-        let no_access = self
-            .pick(&s.no_access, &defaults.no_access, |this, list| {
-                this.networks(list, svc, "no_access")
-            })
-            .unwrap_or_default();
-        let timeout = self
-            .pick(&s.timeout, &defaults.timeout, |this, t| {
-                this.duration(t, svc, "timeout")
-            })
-            .flatten()
-            .filter(|t| !t.is_zero());
-        let rlimits = self
-            .pick(&s.rlimits, &defaults.rlimits, |this, limits| {
-                this.rlimits(limits, svc)
-            })
-            .unwrap_or_default();
-        let nice = self
-            .pick(&s.nice, &defaults.nice, |this, nice| {
-                if (-20..=19).contains(&nice.value) {
-                    nice.value as i32
-                } else {
-                    this.error(
-                        pos_of(nice),
+        let own = self.common(&fields, svc);
+        if own.stderr == Some(StderrMode::Socket)
+            && protocol == Protocol::None
+            && let Some(pos) = fields.pos("stderr")
+        {
+            self.error(
+                pos,
+                svc,
+                "key \"stderr\": protocol none has no socket (log or null)",
+            );
+        }
+        if own.proxy_protocol == Some(true)
+            && !shape.tcp_nowait()
+            && !shape.supervised
+            && let Some(pos) = fields.pos("proxy_protocol")
+        {
+            self.error(
+                pos,
+                svc,
+                "key \"proxy_protocol\": only for tcp services with wait: false",
+            );
+        }
+        let tls = match fields.get("tls") {
+            Some(node) if shape.tcp_nowait() => self.tls(node, svc),
+            Some(node) => {
+                if !shape.supervised {
+                    self.error(
+                        node.pos,
                         svc,
-                        "key \"nice\": must be between -20 and 19",
+                        "key \"tls\": only for tcp services with wait: false",
                     );
-                    0
                 }
-            })
-            .unwrap_or(0);
-        let umask = self
-            .pick(&s.umask, &defaults.umask, |this, u| {
-                this.octal(u, svc, "umask")
-            })
-            .flatten()
-            .unwrap_or(DEFAULT_UMASK);
-        let backlog = self
-            .pick(&s.backlog, &defaults.backlog, |this, b| {
-                if (1..=65535).contains(&b.value) {
-                    b.value as u32
-                } else {
-                    this.error(
-                        pos_of(b),
-                        svc,
-                        "key \"backlog\": must be between 1 and 65535",
-                    );
-                    DEFAULT_BACKLOG
-                }
-            })
-            .unwrap_or(DEFAULT_BACKLOG);
-        let keepalive = s
-            .keepalive
-            .as_ref()
-            .or(defaults.keepalive.as_ref())
-            .is_some_and(|k| k.value);
-        let disabled = s.disabled.as_ref().is_some_and(|d| d.value);
+                None
+            }
+            None => None,
+        };
+        let disabled = self.flag(&fields, "disabled", svc).unwrap_or(false);
+        let given = own.over(defaults);
 
-        if self.errors.len() > errors_before {
+        if self.errors.len() > errors_before || !complete {
             return None;
         }
+        let program = shape.runs_program();
+        let stderr = match given.stderr.unwrap_or(StderrMode::Log) {
+            StderrMode::Socket if protocol == Protocol::None => StderrMode::Log,
+            mode if program => mode,
+            _ => StderrMode::Log,
+        };
         Some(ServiceSpec {
             file: self.file.to_string(),
-            name,
+            name: name.clone(),
             pos: entry_pos,
             protocol,
             addresses,
             port,
             port_pos,
+            port_from_name,
             unix,
             handler,
             wait,
-            proxy_protocol,
-            user,
-            group,
-            env,
-            pass_env,
-            cwd,
+            proxy_protocol: shape.tcp_nowait() && given.proxy_protocol.unwrap_or(false),
+            user: given.user.filter(|_| program),
+            group: given.group.filter(|_| program),
+            env: given.env.filter(|_| program).unwrap_or_default(),
+            pass_env: given.pass_env.filter(|_| program).unwrap_or_default(),
+            cwd: given
+                .cwd
+                .filter(|_| program)
+                .unwrap_or_else(|| PathBuf::from("/")),
             stderr,
-            max_children,
-            per_source,
-            rate_limit,
-            only_from,
-            no_access,
-            timeout,
-            rlimits,
-            nice,
-            umask,
-            backlog,
-            keepalive,
+            max_children: if shape.supervised {
+                0
+            } else {
+                given.max_children.unwrap_or(DEFAULT_MAX_CHILDREN)
+            },
+            per_source: given
+                .per_source
+                .filter(|_| shape.sees_clients())
+                .unwrap_or(0),
+            rate_limit: given.rate_limit.filter(|_| shape.rate_limited()),
+            only_from: given
+                .only_from
+                .filter(|_| shape.sees_clients())
+                .unwrap_or_default(),
+            no_access: given
+                .no_access
+                .filter(|_| shape.sees_clients())
+                .unwrap_or_default(),
+            timeout: given
+                .timeout
+                .flatten()
+                .filter(|_| program && !shape.supervised),
+            rlimits: given.rlimits.filter(|_| program).unwrap_or_default(),
+            nice: given.nice.filter(|_| program),
+            umask: given.umask.filter(|_| program).unwrap_or(DEFAULT_UMASK),
+            backlog: given.backlog.unwrap_or(DEFAULT_BACKLOG),
+            keepalive: shape.keepalive() && given.keepalive.unwrap_or(false),
             disabled,
+            respawn,
+            notify: respawn && notify,
+            respawn_max_delay: given.respawn_max_delay.unwrap_or(RESTART_MAX_DELAY),
+            per_source_rate: given.per_source_rate.filter(|_| shape.counts_sources()),
+            source_prefix: given
+                .source_prefix
+                .filter(|_| shape.counts_sources())
+                .unwrap_or_default(),
+            tls,
         })
     }
 
     /// Keys set on a service whose kind has nothing for them to act on: accepting them would
     /// let an operator believe, say, that a UNIX socket is access-controlled. (From
-    /// `defaults:` they simply apply where they can.)
+    /// `defaults:` they simply apply where they can.) Each key is refused once, for the first
+    /// reason that fits.
     fn reject_inapplicable(
         &mut self,
-        s: &RawService,
+        fields: &Fields<'_>,
         svc: Option<&str>,
-        protocol: Protocol,
-        builtin: bool,
-    ) {
-        let client_keys = [
-            ("only_from", s.only_from.as_ref().map(pos_of)),
-            ("no_access", s.no_access.as_ref().map(pos_of)),
-            ("per_source", s.per_source.as_ref().map(pos_of)),
-            ("keepalive", s.keepalive.as_ref().map(pos_of)),
-        ];
-        if protocol != Protocol::Udp && s.wait.as_ref().is_some_and(|w| w.value) {
-            let why = "does not apply to wait: true (the handler accepts its clients itself)";
-            self.reject_keys(svc, &client_keys, why);
-            let rate_limit = [("rate_limit", s.rate_limit.as_ref().map(pos_of))];
-            self.reject_keys(svc, &rate_limit, why);
-        } else if protocol == Protocol::Unix {
-            let why = "does not apply to protocol unix (a client has no address)";
-            self.reject_keys(svc, &client_keys, why);
-        }
-        if protocol == Protocol::Udp {
-            let keys = [
-                ("keepalive", s.keepalive.as_ref().map(pos_of)),
-                ("backlog", s.backlog.as_ref().map(pos_of)),
-            ];
-            self.reject_keys(
-                svc,
-                &keys,
-                "does not apply to protocol udp (no connections)",
+        shape: Shape,
+    ) -> Vec<&'static str> {
+        let mut refused: Vec<&'static str> = Vec::new();
+        let mut refuse = |this: &mut Self, keys: &[&'static str], why: &str| {
+            for key in keys {
+                // `disabled: false`-style nulls were dropped by `pos`; `stderr: null` is a value.
+                let pos = if *key == "stderr" {
+                    fields.get_even_null(key).map(|value| value.pos)
+                } else {
+                    fields.pos(key)
+                };
+                if let Some(pos) = pos
+                    && !refused.contains(key)
+                {
+                    refused.push(key);
+                    this.error(pos, svc, format!("key \"{key}\": {why}"));
+                }
+            }
+        };
+        let client_keys = ["only_from", "no_access", "per_source", "keepalive"];
+        let source_keys = ["per_source_rate", "source_prefix"];
+        if shape.protocol == Protocol::None {
+            refuse(
+                self,
+                &[
+                    "address",
+                    "port",
+                    "path",
+                    "socket_mode",
+                    "wait",
+                    "backlog",
+                    "keepalive",
+                ],
+                "not for protocol none (it has no socket)",
             );
         }
-        if builtin {
-            let keys = [
-                ("user", s.user.as_ref().map(pos_of)),
-                ("group", s.group.as_ref().map(pos_of)),
-                ("env", s.env.as_ref().map(pos_of)),
-                ("pass_env", s.pass_env.as_ref().map(pos_of)),
-                ("cwd", s.cwd.as_ref().map(pos_of)),
-                ("stderr", s.stderr.as_ref().map(pos_of)),
-                ("rlimits", s.rlimits.as_ref().map(pos_of)),
-                ("nice", s.nice.as_ref().map(pos_of)),
-                ("umask", s.umask.as_ref().map(pos_of)),
-                ("timeout", s.timeout.as_ref().map(pos_of)),
-            ];
-            let why = "does not apply to a builtin (it runs inside rinetd, no process)";
-            self.reject_keys(svc, &keys, why);
+        if shape.supervised {
+            refuse(
+                self,
+                &[
+                    "max_children",
+                    "per_source",
+                    "per_source_rate",
+                    "source_prefix",
+                    "rate_limit",
+                    "only_from",
+                    "no_access",
+                    "proxy_protocol",
+                    "tls",
+                    "timeout",
+                ],
+                "does not apply to a supervised service (respawn: true)",
+            );
         }
-    }
-
-    /// An error for each of `keys` that is set (has a position), saying `why`.
-    fn reject_keys(&mut self, svc: Option<&str>, keys: &[(&str, Option<Pos>)], why: &str) {
-        for (key, pos) in keys {
-            if let Some(pos) = pos {
-                self.error(*pos, svc, format!("key \"{key}\": {why}"));
+        if matches!(shape.protocol, Protocol::Tcp | Protocol::Unix) && shape.wait {
+            let why = "does not apply to wait: true (the handler accepts its clients itself)";
+            refuse(self, &client_keys, why);
+            refuse(self, &["rate_limit"], why);
+            refuse(self, &source_keys, why);
+        } else if shape.protocol == Protocol::Unix {
+            let why = "does not apply to protocol unix (a client has no address)";
+            refuse(self, &client_keys, why);
+            refuse(self, &source_keys, why);
+        }
+        if shape.protocol == Protocol::Udp {
+            refuse(
+                self,
+                &["keepalive", "backlog"],
+                "does not apply to protocol udp (no connections)",
+            );
+            if shape.wait {
+                refuse(
+                    self,
+                    &source_keys,
+                    "does not apply to wait: true (the handler receives the datagrams itself)",
+                );
             }
         }
+        if shape.builtin {
+            refuse(
+                self,
+                &[
+                    "user", "group", "env", "pass_env", "cwd", "stderr", "rlimits", "nice",
+                    "umask", "timeout",
+                ],
+                "does not apply to a builtin (it runs inside rinetd, no process)",
+            );
+        }
+        if shape.protocol != Protocol::Unix {
+            let why = if shape.protocol == Protocol::None {
+                "not for protocol none (it has no socket)"
+            } else {
+                "only for protocol unix"
+            };
+            refuse(self, &["path", "socket_mode"], why);
+        } else {
+            refuse(
+                self,
+                &["address", "port"],
+                "not for protocol unix (use \"path\")",
+            );
+        }
+        refused
     }
 
     /// Exactly one of `server` (with optional `args`) and `builtin`.
-    fn handler(&mut self, s: &RawService, entry_pos: Pos, svc: Option<&str>) -> Handler {
-        match (&s.server, &s.builtin) {
+    fn handler(
+        &mut self,
+        fields: &Fields<'_>,
+        entry_pos: Pos,
+        svc: Option<&str>,
+        complete: bool,
+    ) -> Handler {
+        let fallback = Handler::Builtin(Builtin::Echo);
+        match (fields.get("server"), fields.get("builtin")) {
             (Some(_), Some(builtin)) => {
                 self.error(
-                    pos_of(builtin),
+                    builtin.pos,
                     svc,
                     "keys \"server\" and \"builtin\": set exactly one of them",
                 );
-                Handler::Builtin(Builtin::Echo)
+                fallback
             }
-            (None, Some(builtin)) => {
-                if let Some(args) = &s.args {
-                    self.error(pos_of(args), svc, "key \"args\": not for a builtin");
+            (None, Some(node)) => {
+                if let Some(args) = fields.get("args") {
+                    self.error(args.pos, svc, "key \"args\": not for a builtin");
                 }
-                match Builtin::ALL.iter().find(|(name, _)| *name == builtin.value) {
+                let Some(name) = self.text(node, svc, "builtin") else {
+                    return fallback;
+                };
+                match Builtin::ALL.iter().find(|(known, _)| *known == name) {
                     Some((_, which)) => Handler::Builtin(*which),
                     None => {
                         let names: Vec<&str> = Builtin::ALL.iter().map(|(n, _)| *n).collect();
                         self.error(
-                            pos_of(builtin),
+                            node.pos,
                             svc,
                             format!(
-                                "key \"builtin\": \"{}\" is not one of {}",
-                                builtin.value,
+                                "key \"builtin\": \"{name}\" is not one of {}",
                                 names.join(", ")
                             ),
                         );
-                        Handler::Builtin(Builtin::Echo)
+                        fallback
                     }
                 }
             }
-            (Some(server), None) => {
-                if !server.value.starts_with('/') {
+            (Some(node), None) => {
+                let Some(server) = self.text(node, svc, "server") else {
+                    return fallback;
+                };
+                if !server.starts_with('/') {
                     self.error(
-                        pos_of(server),
+                        node.pos,
                         svc,
-                        format!(
-                            "key \"server\": \"{}\" is not an absolute path",
-                            server.value
-                        ),
+                        format!("key \"server\": \"{server}\" is not an absolute path"),
                     );
+                } else if server.contains('\0') {
+                    self.error(node.pos, svc, "key \"server\": a NUL byte cannot be passed");
                 }
-                let path = PathBuf::from(&server.value);
-                let args = match &s.args {
-                    Some(args) => {
-                        if args.value.is_empty() {
-                            self.error(
-                                pos_of(args),
-                                svc,
-                                "key \"args\": must hold at least argv[0]",
-                            );
+                let path = PathBuf::from(&server);
+                let args = match fields.get("args") {
+                    Some(list) => {
+                        let args = self.texts(list, svc, "args").unwrap_or_default();
+                        if args.is_empty()
+                            && matches!(&list.value, Value::List(items) if items.is_empty())
+                        {
+                            self.error(list.pos, svc, "key \"args\": must hold at least argv[0]");
                         }
-                        self.no_nul(&args.value, pos_of(args), svc, "args");
-                        args.value.clone()
+                        if args.iter().any(|(arg, _)| arg.contains('\0')) {
+                            self.error(list.pos, svc, "key \"args\": a NUL byte cannot be passed");
+                        }
+                        args.into_iter().map(|(arg, _)| arg).collect()
                     }
                     None => vec![
                         path.file_name()
@@ -838,79 +1064,491 @@ impl<'a> Checker<'a> {
                 };
                 Handler::Server {
                     path,
-                    pos: pos_of(server),
+                    pos: node.pos,
                     args,
                 }
             }
             (None, None) => {
-                self.error(entry_pos, svc, "missing key \"server\" (or \"builtin\")");
-                Handler::Builtin(Builtin::Echo)
+                if complete && !fields.misspelt("server") && !fields.misspelt("builtin") {
+                    self.error(entry_pos, svc, "missing key \"server\" (or \"builtin\")");
+                }
+                fallback
             }
         }
     }
 
     fn unix_socket(
         &mut self,
-        s: &RawService,
+        fields: &Fields<'_>,
         entry_pos: Pos,
         svc: Option<&str>,
+        complete: bool,
     ) -> Option<UnixSocket> {
-        let Some(path) = &s.path else {
-            self.error(
-                entry_pos,
-                svc,
-                "missing key \"path\" (required for protocol unix)",
-            );
+        let Some(node) = fields.get("path") else {
+            if complete && !fields.misspelt("path") {
+                self.error(
+                    entry_pos,
+                    svc,
+                    "missing key \"path\" (required for protocol unix)",
+                );
+            }
             return None;
         };
-        if !path.value.starts_with('/') {
-            self.error(pos_of(path), svc, "key \"path\": must be an absolute path");
+        let path = self.text(node, svc, "path")?;
+        if !path.starts_with('/') {
+            self.error(node.pos, svc, "key \"path\": must be an absolute path");
         }
-        let mode = s
-            .socket_mode
-            .as_ref()
+        let mode = fields
+            .get("socket_mode")
             .and_then(|mode| self.octal(mode, svc, "socket_mode"))
-            .unwrap_or(0o666);
+            .unwrap_or(DEFAULT_SOCKET_MODE);
         Some(UnixSocket {
-            path: PathBuf::from(&path.value),
-            pos: pos_of(path),
+            path: PathBuf::from(path),
+            pos: node.pos,
             mode,
         })
     }
 
-    fn no_nul(&mut self, values: &[String], pos: Pos, svc: Option<&str>, key: &str) {
-        if values.iter().any(|v| v.contains('\0')) {
-            self.error(
-                pos,
-                svc,
-                format!("key \"{key}\": a NUL byte cannot be passed"),
-            );
+    /// Every (d) key present in `fields`, each checked.
+    fn common(&mut self, fields: &Fields<'_>, svc: Option<&str>) -> Common {
+        let mut common = Common::default();
+        if let Some(node) = fields.get("user") {
+            common.user = self
+                .id_spec(node, svc, "user")
+                .map(|id| (id, self.place(node.pos)));
+        }
+        if let Some(node) = fields.get("group") {
+            common.group = self
+                .id_spec(node, svc, "group")
+                .map(|id| (id, self.place(node.pos)));
+        }
+        if let Some(node) = fields.get("env") {
+            common.env = self.env(node, svc);
+        }
+        if let Some(node) = fields.get("pass_env") {
+            common.pass_env = self.texts(node, svc, "pass_env").map(|names| {
+                for (name, pos) in &names {
+                    if name.is_empty() || name.contains('=') || name.contains('\0') {
+                        self.error(
+                            *pos,
+                            svc,
+                            format!("key \"pass_env\": \"{name}\" is not a valid variable name"),
+                        );
+                    }
+                }
+                names.into_iter().map(|(name, _)| name).collect()
+            });
+        }
+        if let Some(node) = fields.get("cwd") {
+            common.cwd = self.text(node, svc, "cwd").and_then(|cwd| {
+                if cwd.starts_with('/') && !cwd.contains('\0') {
+                    Some(PathBuf::from(cwd))
+                } else {
+                    self.error(node.pos, svc, "key \"cwd\": must be an absolute path");
+                    None
+                }
+            });
+        }
+        if let Some(node) = fields.get_even_null("stderr") {
+            common.stderr = match node.scalar().map(|s| s.text.as_str()) {
+                _ if node.is_null() => Some(StderrMode::Null),
+                Some("null") => Some(StderrMode::Null),
+                Some("log") => Some(StderrMode::Log),
+                Some("socket") => Some(StderrMode::Socket),
+                _ => {
+                    self.error(
+                        node.pos,
+                        svc,
+                        format!(
+                            "key \"stderr\": {} is not one of log, socket, null",
+                            node.described()
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(node) = fields.get("max_children") {
+            common.max_children = self.count(node, svc, "max_children");
+        }
+        if let Some(node) = fields.get("per_source") {
+            common.per_source = self.count(node, svc, "per_source");
+        }
+        if let Some(node) = fields.get("per_source_rate") {
+            common.per_source_rate = self.source_rate(node, svc);
+        }
+        if let Some(node) = fields.get("source_prefix") {
+            common.source_prefix = self.source_prefix(node, svc);
+        }
+        if let Some(node) = fields.get("rate_limit") {
+            common.rate_limit = self.rate_limit(node, svc);
+        }
+        if let Some(node) = fields.get("only_from") {
+            common.only_from = self.networks(node, svc, "only_from");
+        }
+        if let Some(node) = fields.get("no_access") {
+            common.no_access = self.networks(node, svc, "no_access");
+        }
+        if let Some(node) = fields.get("timeout") {
+            common.timeout = self
+                .duration(node, svc, "timeout")
+                .map(|t| Some(t).filter(|t| !t.is_zero()));
+        }
+        if let Some(node) = fields.get("rlimits") {
+            common.rlimits = self.rlimits(node, svc);
+        }
+        if let Some(node) = fields.get("nice") {
+            common.nice = self.int(node, svc, "nice").and_then(|nice| {
+                if (-20..=19).contains(&nice) {
+                    Some(nice as i32)
+                } else {
+                    self.error(node.pos, svc, "key \"nice\": must be between -20 and 19");
+                    None
+                }
+            });
+        }
+        if let Some(node) = fields.get("umask") {
+            common.umask = self.octal(node, svc, "umask");
+        }
+        if let Some(node) = fields.get("backlog") {
+            common.backlog = self.int(node, svc, "backlog").and_then(|backlog| {
+                if (1..=65535).contains(&backlog) {
+                    Some(backlog as u32)
+                } else {
+                    self.error(
+                        node.pos,
+                        svc,
+                        "key \"backlog\": must be between 1 and 65535",
+                    );
+                    None
+                }
+            });
+        }
+        if let Some(node) = fields.get("keepalive") {
+            common.keepalive = self.boolean(node, svc, "keepalive");
+        }
+        if let Some(node) = fields.get("proxy_protocol") {
+            common.proxy_protocol = self.boolean(node, svc, "proxy_protocol");
+        }
+        if let Some(node) = fields.get("respawn_max_delay") {
+            common.respawn_max_delay =
+                self.duration(node, svc, "respawn_max_delay")
+                    .and_then(|delay| {
+                        if delay.is_zero() {
+                            self.error(
+                                node.pos,
+                                svc,
+                                "key \"respawn_max_delay\": must be more than 0",
+                            );
+                            None
+                        } else {
+                            Some(delay)
+                        }
+                    });
+        }
+        common
+    }
+
+    // ----- values ------------------------------------------------------------------------
+
+    /// A boolean key of `fields`, if set.
+    fn flag(&mut self, fields: &Fields<'_>, key: &str, svc: Option<&str>) -> Option<bool> {
+        let node = fields.get(key)?;
+        self.boolean(node, svc, key)
+    }
+
+    /// Any scalar, as text (`name: 12` is the name "12").
+    fn text(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<String> {
+        match &node.value {
+            Value::Scalar(scalar) => Some(scalar.text.clone()),
+            _ => {
+                self.error(
+                    node.pos,
+                    svc,
+                    format!(
+                        "key \"{key}\": expected a single value, not {}",
+                        node.described()
+                    ),
+                );
+                None
+            }
         }
     }
 
-    fn addresses(&mut self, s: &RawService, svc: Option<&str>) -> Vec<IpAddr> {
-        let Some(address) = &s.address else {
+    fn int(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<i64> {
+        let parsed = node.scalar().and_then(|scalar| parse_int(&scalar.text));
+        if parsed.is_none() {
+            self.error(
+                node.pos,
+                svc,
+                format!(
+                    "key \"{key}\": expected an integer, not {}",
+                    node.described()
+                ),
+            );
+        }
+        parsed
+    }
+
+    fn boolean(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<bool> {
+        let text = node.scalar().map(|scalar| scalar.text.as_str());
+        match text {
+            Some("true" | "True" | "TRUE") => Some(true),
+            Some("false" | "False" | "FALSE") => Some(false),
+            _ => {
+                let why = match text {
+                    Some("yes" | "no" | "on" | "off" | "y" | "n" | "Yes" | "No" | "On" | "Off") => {
+                        " (YAML 1.2 reads yes, no, on and off as text)"
+                    }
+                    _ => "",
+                };
+                self.error(
+                    node.pos,
+                    svc,
+                    format!(
+                        "key \"{key}\": expected true or false, not {}{why}",
+                        node.described()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A list; text where a list belongs gets the list it probably meant, ready to paste.
+    fn list<'n>(&mut self, node: &'n Node, svc: Option<&str>, key: &str) -> Option<&'n [Node]> {
+        match &node.value {
+            Value::List(items) => Some(items),
+            Value::Scalar(scalar) => {
+                let items: Vec<String> = scalar
+                    .text
+                    .split(|c: char| c.is_whitespace() || c == ',')
+                    .filter(|word| !word.is_empty())
+                    .map(yaml_scalar)
+                    .collect();
+                self.error(
+                    node.pos,
+                    svc,
+                    format!("key \"{key}\": write a list: {key}: [{}]", items.join(", ")),
+                );
+                None
+            }
+            Value::Map(_) => {
+                self.error(
+                    node.pos,
+                    svc,
+                    format!("key \"{key}\": write a list: {key}: [a, b], not a mapping"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A list of texts, each with its position.
+    fn texts(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<Vec<(String, Pos)>> {
+        let items = self.list(node, svc, key)?;
+        let mut texts = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match item.scalar() {
+                Some(scalar) if !item.is_null() => texts.push((scalar.text.clone(), item.pos)),
+                _ => {
+                    self.error(
+                        item.pos,
+                        svc,
+                        format!(
+                            "key \"{key}\": each entry is a single value, not {}",
+                            item.described()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(texts)
+    }
+
+    fn mapping<'n>(
+        &mut self,
+        node: &'n Node,
+        svc: Option<&str>,
+        key: &str,
+        example: &str,
+    ) -> Option<&'n Map> {
+        match &node.value {
+            Value::Map(map) => Some(map),
+            _ => {
+                self.error(
+                    node.pos,
+                    svc,
+                    format!(
+                        "key \"{key}\": write a mapping: {key}: {example}, not {}",
+                        node.described()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `env`: a mapping of NAME: value. `FOO=bar` (shell style) gets the YAML form to write.
+    fn env(&mut self, node: &Node, svc: Option<&str>) -> Option<BTreeMap<String, String>> {
+        let shell_style = |this: &mut Self, text: &str, pos: Pos| {
+            let (name, value) = text.split_once('=').unwrap_or((text, ""));
+            this.error(
+                pos,
+                svc,
+                format!(
+                    "key \"env\": write {}: {}, not {text} (env is a mapping of NAME: value)",
+                    yaml_scalar(name.trim()),
+                    yaml_scalar(value.trim())
+                ),
+            );
+        };
+        let map = match &node.value {
+            Value::Map(map) => map,
+            Value::List(items) => {
+                for item in items {
+                    match item.scalar() {
+                        Some(scalar) if scalar.text.contains('=') => {
+                            shell_style(self, &scalar.text, item.pos)
+                        }
+                        _ => self.error(
+                            item.pos,
+                            svc,
+                            "key \"env\": env is a mapping of NAME: value, not a list",
+                        ),
+                    }
+                }
+                return None;
+            }
+            Value::Scalar(scalar) if scalar.text.contains('=') => {
+                shell_style(self, &scalar.text, node.pos);
+                return None;
+            }
+            Value::Scalar(_) => {
+                self.mapping(node, svc, "env", "{NAME: value}");
+                return None;
+            }
+        };
+        let mut env = BTreeMap::new();
+        let mut ok = true;
+        for (key, value) in &map.entries {
+            let name = key_text(key).unwrap_or_default();
+            if value.is_null() && name.contains('=') {
+                shell_style(self, name, key.pos);
+                ok = false;
+                continue;
+            }
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                self.error(
+                    key.pos,
+                    svc,
+                    format!("key \"env\": \"{name}\" is not a valid variable name"),
+                );
+                ok = false;
+                continue;
+            }
+            match value.scalar() {
+                Some(_) if value.is_null() => {
+                    self.error(
+                        value.pos,
+                        svc,
+                        format!(
+                            "key \"env\": \"{name}\" has no value (write {name}: \"\" for an empty one)"
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(scalar) if scalar.text.contains('\0') => {
+                    self.error(value.pos, svc, "key \"env\": a NUL byte cannot be passed");
+                    ok = false;
+                }
+                Some(scalar) => {
+                    if env.insert(name.to_string(), scalar.text.clone()).is_some() {
+                        self.error(
+                            key.pos,
+                            svc,
+                            format!("key \"env\": \"{name}\" is given twice"),
+                        );
+                        ok = false;
+                    }
+                }
+                None => {
+                    self.error(
+                        value.pos,
+                        svc,
+                        format!(
+                            "key \"env\": the value of \"{name}\" is a single value, not {}",
+                            value.described()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(env)
+    }
+
+    /// `address`: one IP literal or a list of them.
+    fn addresses(&mut self, node: Option<&Node>, svc: Option<&str>) -> Vec<IpAddr> {
+        let Some(node) = node else {
             return vec![IpAddr::from([0, 0, 0, 0])];
         };
-        let texts = match &address.value {
-            OneOrMany::One(one) => vec![one.clone()],
-            OneOrMany::Many(many) => many.clone(),
+        let items: Vec<&Node> = match &node.value {
+            Value::List(items) => items.iter().collect(),
+            _ => vec![node],
         };
-        if texts.is_empty() {
-            self.error(pos_of(address), svc, "key \"address\": the list is empty");
+        if items.is_empty() {
+            self.error(node.pos, svc, "key \"address\": the list is empty");
+        }
+        // `[0.0.0.0, ::]` reads `::` as a mapping: say what to write instead.
+        let misread = items.iter().any(|item| double_colon_key(item).is_some());
+        if misread {
+            let written: Vec<String> = items
+                .iter()
+                .map(|item| match (double_colon_key(item), item.scalar()) {
+                    (Some(literal), _) => yaml_scalar(&literal),
+                    (None, Some(scalar)) => yaml_scalar(&scalar.text),
+                    (None, None) => "…".to_string(),
+                })
+                .collect();
+            self.error(
+                node.pos,
+                svc,
+                format!(
+                    "key \"address\": quote IPv6 addresses that start with \":\": address: [{}] (unquoted, YAML reads :: as a key)",
+                    written.join(", ")
+                ),
+            );
+            return Vec::new();
         }
         let mut addresses = Vec::new();
-        for text in texts {
+        // A set beside the list: checking the list for repeats would be quadratic.
+        let mut seen = HashSet::new();
+        for item in items {
+            let Some(scalar) = item.scalar().filter(|_| !item.is_null()) else {
+                self.error(
+                    item.pos,
+                    svc,
+                    format!(
+                        "key \"address\": expected an IP address, not {}",
+                        item.described()
+                    ),
+                );
+                continue;
+            };
+            let text = &scalar.text;
             let literal = text.trim_start_matches('[').trim_end_matches(']');
             match literal.parse::<IpAddr>() {
-                Ok(ip) if addresses.contains(&ip) => self.error(
-                    pos_of(address),
+                Ok(ip) if !seen.insert(ip) => self.error(
+                    item.pos,
                     svc,
                     format!("key \"address\": \"{text}\" is listed twice"),
                 ),
                 Ok(ip) => addresses.push(ip),
                 Err(_) => self.error(
-                    pos_of(address),
+                    item.pos,
                     svc,
                     format!("key \"address\": \"{text}\" is not an IP address literal"),
                 ),
@@ -919,111 +1557,112 @@ impl<'a> Checker<'a> {
         addresses
     }
 
-    fn port(&mut self, port: &Spanned<Scalar>, svc: Option<&str>) -> PortSpec {
-        match &port.value {
-            Scalar::Int(n) => match u16::try_from(*n) {
+    fn port(&mut self, node: &Node, svc: Option<&str>) -> PortSpec {
+        let Some(text) = self.text(node, svc, "port") else {
+            return PortSpec::Number(0);
+        };
+        match parse_int(&text) {
+            Some(n) => match u16::try_from(n) {
                 Ok(n) => PortSpec::Number(n),
                 Err(_) => {
                     self.error(
-                        pos_of(port),
+                        node.pos,
                         svc,
                         format!("key \"port\": {n} is not in 0-65535"),
                     );
                     PortSpec::Number(0)
                 }
             },
-            Scalar::Text(text) => match text.parse::<u16>() {
-                Ok(n) => PortSpec::Number(n),
-                Err(_) if text.is_empty() || text.chars().any(char::is_whitespace) => {
-                    self.error(
-                        pos_of(port),
-                        svc,
-                        format!("key \"port\": \"{text}\" is not a port"),
-                    );
-                    PortSpec::Number(0)
-                }
-                Err(_) => PortSpec::Name(text.clone()),
-            },
+            None if text.is_empty()
+                || text.chars().any(char::is_whitespace)
+                || text.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+') =>
+            {
+                self.error(
+                    node.pos,
+                    svc,
+                    format!("key \"port\": \"{text}\" is not a port (0-65535 or a name in /etc/services)"),
+                );
+                PortSpec::Number(0)
+            }
+            None => PortSpec::Name(text),
         }
     }
 
-    fn id_spec(&mut self, value: &Spanned<Scalar>, svc: Option<&str>, key: &str) -> IdSpec {
-        match &value.value {
-            Scalar::Int(n) => match u32::try_from(*n) {
-                Ok(id) => IdSpec::Id(id),
+    fn id_spec(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<IdSpec> {
+        let text = self.text(node, svc, key)?;
+        match parse_int(&text) {
+            Some(n) => match u32::try_from(n) {
+                Ok(id) => Some(IdSpec::Id(id)),
                 Err(_) => {
                     self.error(
-                        pos_of(value),
+                        node.pos,
                         svc,
                         format!("key \"{key}\": {n} is not a valid id"),
                     );
-                    IdSpec::Id(0)
+                    None
                 }
             },
-            Scalar::Text(text) => match text.parse::<u32>() {
-                Ok(id) => IdSpec::Id(id),
-                Err(_) => IdSpec::Name(text.clone()),
-            },
+            None if text.is_empty() || text.contains('\0') => {
+                self.error(
+                    node.pos,
+                    svc,
+                    format!("key \"{key}\": \"{text}\" is not a name"),
+                );
+                None
+            }
+            None => Some(IdSpec::Name(text)),
         }
     }
 
-    fn count(&mut self, value: &Spanned<i64>, svc: Option<&str>, key: &str) -> u32 {
-        match u32::try_from(value.value) {
-            Ok(n) => n,
+    fn count(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<u32> {
+        let n = self.int(node, svc, key)?;
+        match u32::try_from(n) {
+            Ok(n) => Some(n),
             Err(_) => {
                 self.error(
-                    pos_of(value),
+                    node.pos,
                     svc,
                     format!("key \"{key}\": must be between 0 and {}", u32::MAX),
                 );
-                0
+                None
             }
         }
     }
 
-    fn rate_limit(
-        &mut self,
-        value: &Spanned<RawRateLimit>,
-        svc: Option<&str>,
-    ) -> Option<RateLimit> {
-        let raw = &value.value;
-        let field = |this: &mut Self, v: &Option<Spanned<Scalar>>, name: &str| match v {
-            Some(v) => this.duration(v, svc, &format!("rate_limit.{name}")),
+    /// `max` of `rate_limit` and `per_source_rate`: at least 1.
+    fn at_least_one(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<u32> {
+        let n = self.int(node, svc, key)?;
+        match u32::try_from(n) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.error(node.pos, svc, format!("key \"{key}\": must be at least 1"));
+                None
+            }
+        }
+    }
+
+    fn rate_limit(&mut self, node: &Node, svc: Option<&str>) -> Option<RateLimit> {
+        let example = "{max: 10, per: 1s, pause: 10s}";
+        let map = self.mapping(node, svc, "rate_limit", example)?;
+        let fields = self.fields(map, RATE_LIMIT_KEYS, svc, "rate_limit");
+        let part = |this: &mut Self, name: &str| match fields.get(name) {
+            Some(value) => Some(value),
+            None if fields.misspelt(name) => None,
             None => {
                 this.error(
-                    pos_of(value),
+                    node.pos,
                     svc,
-                    format!("key \"rate_limit\": missing \"{name}\""),
+                    format!("key \"rate_limit\": missing \"{name}\" (rate_limit: {example})"),
                 );
                 None
             }
         };
-        let per = field(self, &raw.per, "per");
-        let pause = field(self, &raw.pause, "pause");
-        let max = match &raw.max {
-            Some(max) if max.value < 1 || max.value > i64::from(u32::MAX) => {
-                self.error(
-                    pos_of(max),
-                    svc,
-                    "key \"rate_limit.max\": must be at least 1",
-                );
-                None
-            }
-            Some(max) => Some(max.value as u32),
-            None => {
-                self.error(pos_of(value), svc, "key \"rate_limit\": missing \"max\"");
-                None
-            }
-        };
-        if let Some(per) = per
-            && per.is_zero()
-        {
-            self.error(
-                pos_of(value),
-                svc,
-                "key \"rate_limit.per\": must be more than 0",
-            );
-        }
+        let max = part(self, "max");
+        let per = part(self, "per");
+        let pause = part(self, "pause");
+        let max = max.and_then(|max| self.at_least_one(max, svc, "rate_limit.max"));
+        let per = per.and_then(|per| self.positive_duration(per, svc, "rate_limit.per"));
+        let pause = pause.and_then(|pause| self.duration(pause, svc, "rate_limit.pause"));
         Some(RateLimit {
             max: max?,
             per: per?,
@@ -1031,130 +1670,170 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn duration(
-        &mut self,
-        value: &Spanned<Scalar>,
-        svc: Option<&str>,
-        key: &str,
-    ) -> Option<Duration> {
-        let parsed = match &value.value {
-            Scalar::Int(n) => u64::try_from(*n).ok().map(Duration::from_secs),
-            Scalar::Text(text) => parse_duration(text),
+    fn source_rate(&mut self, node: &Node, svc: Option<&str>) -> Option<SourceRate> {
+        let example = "{max: 20, per: 1m}";
+        let map = self.mapping(node, svc, "per_source_rate", example)?;
+        let fields = self.fields(map, SOURCE_RATE_KEYS, svc, "per_source_rate");
+        let part = |this: &mut Self, name: &str| match fields.get(name) {
+            Some(value) => Some(value),
+            None if fields.misspelt(name) => None,
+            None => {
+                this.error(
+                    node.pos,
+                    svc,
+                    format!(
+                        "key \"per_source_rate\": missing \"{name}\" (per_source_rate: {example})"
+                    ),
+                );
+                None
+            }
         };
-        if parsed.is_none() {
-            self.error(
-                pos_of(value),
-                svc,
-                format!("key \"{key}\": not a duration (seconds, or a number with ms, s, m or h)"),
-            );
+        let max = part(self, "max");
+        let per = part(self, "per");
+        let max = max.and_then(|max| self.at_least_one(max, svc, "per_source_rate.max"));
+        let per = per.and_then(|per| self.positive_duration(per, svc, "per_source_rate.per"));
+        Some(SourceRate {
+            max: max?,
+            per: per?,
+        })
+    }
+
+    fn source_prefix(&mut self, node: &Node, svc: Option<&str>) -> Option<SourcePrefix> {
+        let map = self.mapping(node, svc, "source_prefix", "{ipv4: 32, ipv6: 64}")?;
+        let fields = self.fields(map, SOURCE_PREFIX_KEYS, svc, "source_prefix");
+        let mut prefix = SourcePrefix::default();
+        let mut ok = true;
+        for (name, most, slot) in [
+            ("ipv4", 32, &mut prefix.ipv4),
+            ("ipv6", 128, &mut prefix.ipv6),
+        ] {
+            let Some(value) = fields.get(name) else {
+                continue;
+            };
+            let key = format!("source_prefix.{name}");
+            match self.int(value, svc, &key) {
+                Some(n) if (0..=most).contains(&n) => *slot = n as u8,
+                Some(_) => {
+                    self.error(
+                        value.pos,
+                        svc,
+                        format!("key \"{key}\": must be between 0 and {most}"),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
         }
-        // Far beyond any sensible setting, and far below what a clock can add without overflow.
-        if parsed.is_some_and(|d| d > MAX_DURATION) {
+        ok.then_some(prefix)
+    }
+
+    fn duration(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<Duration> {
+        let parsed = node
+            .scalar()
+            .and_then(|scalar| match parse_int(&scalar.text) {
+                Some(n) => u64::try_from(n).ok().map(Duration::from_secs),
+                None => parse_duration(&scalar.text),
+            });
+        let Some(parsed) = parsed else {
             self.error(
-                pos_of(value),
+                node.pos,
+                svc,
+                format!(
+                    "key \"{key}\": not a duration (seconds, or a number with ms, s, m or h), but {}",
+                    node.described()
+                ),
+            );
+            return None;
+        };
+        // Far beyond any sensible setting, and far below what a clock can add without overflow.
+        if parsed > MAX_DURATION {
+            self.error(
+                node.pos,
                 svc,
                 format!("key \"{key}\": longer than 365 days"),
             );
             return None;
         }
-        parsed
+        Some(parsed)
     }
 
-    fn networks(
-        &mut self,
-        list: &Spanned<Vec<Spanned<String>>>,
-        svc: Option<&str>,
-        key: &str,
-    ) -> Vec<IpNet> {
-        let mut nets = Vec::new();
-        for item in &list.value {
-            match parse_network(&item.value) {
+    fn positive_duration(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<Duration> {
+        let duration = self.duration(node, svc, key)?;
+        if duration.is_zero() {
+            self.error(node.pos, svc, format!("key \"{key}\": must be more than 0"));
+            return None;
+        }
+        Some(duration)
+    }
+
+    fn networks(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<Vec<IpNet>> {
+        let items = self.texts(node, svc, key)?;
+        let mut nets = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (text, pos) in items {
+            match parse_network(&text) {
                 Some(net) => nets.push(net),
-                None => self.error(
-                    pos_of(item),
-                    svc,
-                    format!(
-                        "key \"{key}\": \"{}\" is not an IP address or CIDR",
-                        item.value
-                    ),
-                ),
+                None => {
+                    self.error(
+                        pos,
+                        svc,
+                        format!("key \"{key}\": \"{text}\" is not an IP address or CIDR"),
+                    );
+                    ok = false;
+                }
             }
         }
-        nets
+        ok.then_some(nets)
     }
 
-    fn rlimits(
-        &mut self,
-        limits: &Spanned<BTreeMap<String, Spanned<Scalar>>>,
-        svc: Option<&str>,
-    ) -> Vec<(Resource, LimitValue)> {
-        let mut out = Vec::new();
-        for (name, value) in &limits.value {
-            let resource = match name.as_str() {
-                "nofile" => Resource::Nofile,
-                "nproc" => Resource::Nproc,
-                "cpu" => Resource::Cpu,
-                "as" => Resource::As,
-                "core" => Resource::Core,
-                "fsize" => Resource::Fsize,
-                "data" => Resource::Data,
-                "stack" => Resource::Stack,
-                other => {
-                    let known = [
-                        "nofile", "nproc", "cpu", "as", "core", "fsize", "data", "stack",
-                    ];
-                    let hint = nearest(other, &known)
-                        .map(|n| format!(" (did you mean \"{n}\"?)"))
-                        .unwrap_or_default();
-                    self.error(
-                        pos_of(value),
-                        svc,
-                        format!("key \"rlimits\": unknown limit \"{other}\"{hint}"),
-                    );
-                    continue;
-                }
+    fn rlimits(&mut self, node: &Node, svc: Option<&str>) -> Option<Vec<(Resource, LimitValue)>> {
+        let map = self.mapping(node, svc, "rlimits", "{nofile: 1024, core: 0}")?;
+        let names: Vec<&'static str> = Resource::ALL.iter().map(|(name, _)| *name).collect();
+        let fields = self.fields(map, &names, svc, "rlimits");
+        let mut limits = Vec::new();
+        let mut ok = true;
+        for (name, _, value) in &fields.found {
+            let Some((_, resource)) = Resource::ALL.iter().find(|(n, _)| n == name) else {
+                continue;
             };
-            let limit = match &value.value {
-                Scalar::Int(n) if *n >= 0 => Some(*n as u64),
-                Scalar::Text(text) if text == "unlimited" => None,
-                _ => {
+            let limit = match value.scalar().map(|s| s.text.as_str()) {
+                Some("unlimited") => Some(None),
+                Some(text) => parse_int(text)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .map(Some),
+                None => None,
+            };
+            match limit {
+                Some(limit) => limits.push((*resource, limit)),
+                None => {
                     self.error(
-                        pos_of(value),
+                        value.pos,
                         svc,
                         format!(
                             "key \"rlimits.{name}\": must be a non-negative integer or unlimited"
                         ),
                     );
-                    continue;
+                    ok = false;
                 }
-            };
-            out.push((resource, limit));
+            }
         }
-        out
+        ok.then_some(limits)
     }
 
     /// An octal permission value (`umask`, `socket_mode`). It must be quoted: YAML 1.2 reads an
     /// unquoted 022 as the decimal 22, so accepting it would invite the wrong mask.
-    fn octal(&mut self, value: &Spanned<String>, svc: Option<&str>, key: &str) -> Option<u32> {
-        // A byte offset: the character offset is wrong after any non-ASCII text above.
-        let quoted = value
-            .referenced
-            .span()
-            .byte_offset()
-            .and_then(|offset| usize::try_from(offset).ok())
-            .and_then(|offset| {
-                let text = if self.in_defaults {
-                    self.defaults_text
-                } else {
-                    self.text
-                };
-                text.get(offset..)
-            })
-            .is_some_and(|rest| rest.starts_with('"') || rest.starts_with('\''));
-        let text = &value.value;
-        if !quoted {
+    fn octal(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<u32> {
+        let scalar = match node.scalar() {
+            Some(scalar) => scalar,
+            None => {
+                self.text(node, svc, key);
+                return None;
+            }
+        };
+        let text = &scalar.text;
+        if !scalar.quoted && text.chars().all(|c| c.is_ascii_digit()) {
             self.error(
-                pos_of(value),
+                node.pos,
                 svc,
                 format!(
                     "key \"{key}\": quote the octal value, e.g. {key}: \"{}\" (YAML 1.2 reads an unquoted {text} as a decimal number)",
@@ -1164,16 +1843,236 @@ impl<'a> Checker<'a> {
             return None;
         }
         match u32::from_str_radix(text, 8) {
-            Ok(bits) if bits <= 0o777 => Some(bits),
+            Ok(bits) if bits <= 0o777 && !text.is_empty() && !text.starts_with('+') => Some(bits),
             _ => {
                 self.error(
-                    pos_of(value),
+                    node.pos,
                     svc,
                     format!("key \"{key}\": \"{text}\" is not an octal mode 000-777"),
                 );
                 None
             }
         }
+    }
+
+    /// `tls:` (the contract's "TLS"); its files are read by resolve, not here.
+    fn tls(&mut self, node: &Node, svc: Option<&str>) -> Option<TlsSpec> {
+        let map = self.mapping(node, svc, "tls", "{cert: /etc/rinetd/tls/host.pem, key: …}")?;
+        let errors_before = self.errors.len();
+        let fields = self.fields(map, TLS_KEYS, svc, "tls");
+        let mut places = TlsPlaces {
+            tls: node.pos,
+            ..TlsPlaces::default()
+        };
+        let cert = self.required_path(&fields, "cert", "tls", node.pos, svc);
+        let key = self.required_path(&fields, "key", "tls", node.pos, svc);
+        places.cert = fields.pos("cert").unwrap_or(node.pos);
+        places.key = fields.pos("key").unwrap_or(node.pos);
+        let mut sni = Vec::new();
+        if let Some(list) = fields.get("sni") {
+            places.sni = Vec::new();
+            for (index, entry) in self
+                .list(list, svc, "tls.sni")
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let key_name = format!("tls.sni[{index}]");
+                let Some(entry_map) = self.mapping(
+                    entry,
+                    svc,
+                    &key_name,
+                    "{names: [host.example], cert: …, key: …}",
+                ) else {
+                    continue;
+                };
+                let entry_fields = self.fields(entry_map, SNI_KEYS, svc, &key_name);
+                let names = match entry_fields.get("names") {
+                    Some(names) => self
+                        .texts(names, svc, &format!("{key_name}.names"))
+                        .map(|names| names.into_iter().map(|(name, _)| name).collect()),
+                    None => {
+                        if !entry_fields.misspelt("names") {
+                            self.error(
+                                entry.pos,
+                                svc,
+                                format!("key \"{key_name}\": missing \"names\""),
+                            );
+                        }
+                        None
+                    }
+                };
+                let cert = self.required_path(&entry_fields, "cert", &key_name, entry.pos, svc);
+                let key = self.required_path(&entry_fields, "key", &key_name, entry.pos, svc);
+                places.sni.push([
+                    entry_fields.pos("names").unwrap_or(entry.pos),
+                    entry_fields.pos("cert").unwrap_or(entry.pos),
+                    entry_fields.pos("key").unwrap_or(entry.pos),
+                ]);
+                if let (Some(names), Some(cert), Some(key)) = (names, cert, key) {
+                    sni.push(SniEntry { names, cert, key });
+                }
+            }
+        }
+        let client_ca = fields
+            .get("client_ca")
+            .and_then(|ca| self.absolute_path(ca, svc, "tls.client_ca"));
+        places.client_ca = fields.pos("client_ca").unwrap_or(node.pos);
+        let alpn = match fields.get("alpn") {
+            Some(list) => self
+                .texts(list, svc, "tls.alpn")
+                .map(|names| names.into_iter().map(|(name, _)| name).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        places.alpn = fields.pos("alpn").unwrap_or(node.pos);
+        let min_version = match fields.get("min_version") {
+            None => MinVersion::V12,
+            Some(version) => {
+                match self.text(version, svc, "tls.min_version").as_deref() {
+                    Some("1.2") | None => MinVersion::V12,
+                    Some("1.3") => MinVersion::V13,
+                    Some(other) => {
+                        self.error(
+                        version.pos,
+                        svc,
+                        format!("key \"tls.min_version\": \"{other}\" is not one of \"1.2\", \"1.3\""),
+                    );
+                        MinVersion::V12
+                    }
+                }
+            }
+        };
+        let handshake_timeout = match fields.get("handshake_timeout") {
+            Some(timeout) => self.positive_duration(timeout, svc, "tls.handshake_timeout"),
+            None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
+        };
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(TlsSpec {
+            settings: TlsSettings {
+                cert: cert?,
+                key: key?,
+                sni,
+                client_ca,
+                alpn,
+                min_version,
+                handshake_timeout: handshake_timeout?,
+            },
+            places,
+        })
+    }
+
+    fn required_path(
+        &mut self,
+        fields: &Fields<'_>,
+        name: &str,
+        within: &str,
+        pos: Pos,
+        svc: Option<&str>,
+    ) -> Option<PathBuf> {
+        match fields.get(name) {
+            Some(node) => self.absolute_path(node, svc, &format!("{within}.{name}")),
+            None if fields.misspelt(name) => None,
+            None => {
+                self.error(pos, svc, format!("key \"{within}\": missing \"{name}\""));
+                None
+            }
+        }
+    }
+
+    fn absolute_path(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<PathBuf> {
+        let text = self.text(node, svc, key)?;
+        if text.starts_with('/') && !text.contains('\0') {
+            Some(PathBuf::from(text))
+        } else {
+            self.error(
+                node.pos,
+                svc,
+                format!("key \"{key}\": must be an absolute path"),
+            );
+            None
+        }
+    }
+}
+
+/// The message for a key `known` does not hold: an xinetd attribute gets the rinetd key that
+/// replaces it, a typo the nearest key (also returned).
+fn unknown_key(key: &str, known: &[&'static str]) -> (String, Option<&'static str>) {
+    if let Some(replacement) = crate::compat::replacement_for_xinetd_key(key) {
+        let message =
+            format!("unknown key \"{key}\" (an xinetd attribute; rinetd's key is {replacement})");
+        return (message, None);
+    }
+    match nearest(key, known) {
+        Some(near) => (
+            format!("unknown key \"{key}\" (did you mean \"{near}\"?)"),
+            Some(near),
+        ),
+        None => (
+            format!("unknown key \"{key}\" (valid keys: {})", known.join(", ")),
+            None,
+        ),
+    }
+}
+
+fn handler_builtin(handler: &Handler) -> Option<Builtin> {
+    match handler {
+        Handler::Builtin(builtin) => Some(*builtin),
+        Handler::Server { .. } => None,
+    }
+}
+
+/// `::` in a flow list reads as the mapping `{":": null}` (and `::x` as `{":": "x"}`): the
+/// address that was meant, if `item` is one of those.
+fn double_colon_key(item: &Node) -> Option<String> {
+    let Value::Map(map) = &item.value else {
+        return None;
+    };
+    let [(key, value)] = map.entries.as_slice() else {
+        return None;
+    };
+    let key = key_text(key).filter(|key| key.starts_with(':'))?;
+    Some(match value.scalar() {
+        Some(rest) if !value.is_null() => format!("{key}:{}", rest.text),
+        _ => format!("{key}:"),
+    })
+}
+
+/// The name of the service whose entry covers `line` in a (possibly partial) main or included
+/// file, for a syntax error inside it.
+fn service_at(root: &Node, line: u64) -> Option<String> {
+    let Value::Map(map) = &root.value else {
+        return None;
+    };
+    let (_, services) = map
+        .entries
+        .iter()
+        .find(|(key, _)| key_text(key) == Some("services"))?;
+    let Value::List(entries) = &services.value else {
+        return None;
+    };
+    let entry = entries.iter().rev().find(|entry| entry.pos.line <= line)?;
+    let Value::Map(fields) = &entry.value else {
+        return None;
+    };
+    fields
+        .entries
+        .iter()
+        .find(|(key, _)| key_text(key) == Some("name"))
+        .and_then(|(_, value)| value.scalar())
+        .map(|name| name.text.clone())
+}
+
+/// YAML 1.2's integers: decimal with an optional sign, `0x…` and `0o…`.
+fn parse_int(text: &str) -> Option<i64> {
+    if let Some(hex) = text.strip_prefix("0x") {
+        i64::from_str_radix(hex, 16).ok()
+    } else if let Some(octal) = text.strip_prefix("0o") {
+        i64::from_str_radix(octal, 8).ok()
+    } else {
+        text.parse().ok()
     }
 }
 
@@ -1222,12 +2121,48 @@ mod tests {
         }
     }
 
+    /// The errors of `text`, each starting as `expected` says, in that order.
+    fn assert_errors_start_with(text: &str, expected: &[&str]) {
+        let e = errors(text);
+        assert_eq!(e.len(), expected.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(expected) {
+            assert!(got.starts_with(want), "{got}\n  wanted {want}");
+        }
+    }
+
     #[test]
     fn typo_gets_a_suggestion_with_location_and_service() {
         let text = "services:\n  - name: hello\n    port: 8080\n    sever: /bin/true\n";
         assert_eq!(
             errors(text),
             ["t.conf:4:5: service \"hello\": unknown key \"sever\" (did you mean \"server\"?)"]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_is_not_also_reported_missing() {
+        assert_eq!(
+            errors("service: []\n"),
+            ["t.conf:1:1: unknown key \"service\" (did you mean \"services\"?)"]
+        );
+        assert_eq!(
+            errors("services:\n  - name: a\n    port: 1\n    buitlin: echo\n"),
+            ["t.conf:4:5: service \"a\": unknown key \"buitlin\" (did you mean \"builtin\"?)"]
+        );
+    }
+
+    #[test]
+    fn a_table_that_is_not_a_mapping_is_one_mistake() {
+        let e = errors("echo stream tcp nowait root internal\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("t.conf:1:1: the table is a mapping"),
+            "{e:?}"
+        );
+        assert!(e[0].contains("looks like an inetd.conf"), "{e:?}");
+        assert_eq!(
+            errors(""),
+            ["t.conf: missing key \"services\" (an empty list `services: []` is allowed)"]
         );
     }
 
@@ -1260,5 +2195,273 @@ mod tests {
         let text = "services:\n  - name: a\n    port: 1\n    server: /bin/true\n    keepalive: 3\n";
         let e = errors(text);
         assert!(e[0].contains("service \"a\": key \"keepalive\""), "{e:?}");
+    }
+
+    #[test]
+    fn a_yaml_level_mistake_in_one_service_hides_nothing_in_the_others() {
+        // serde stopped at the first of these: each is reported, in line order.
+        let text = "services:
+  - name: a
+    port: 1
+    server: /bin/true
+    keepalive: on
+  - name: b
+    port: 2
+    port: 3
+    server: /bin/true
+  - name: c
+    port: 4
+    sever: /bin/true
+";
+        let e = errors(text);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "t.conf:5:16: service \"a\": key \"keepalive\": expected true or false"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("t.conf:8:5: service \"b\": duplicate key \"port\""),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("t.conf:12:5: service \"c\": unknown key \"sever\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_string_where_a_list_belongs_says_which_list_to_write() {
+        let text =
+            "services:\n  - name: a\n    port: 1\n    server: /bin/sh\n    args: sh -c true\n";
+        assert_eq!(
+            errors(text),
+            [
+                "t.conf:5:11: service \"a\": key \"args\": write a list: args: [sh, \"-c\", \"true\"]"
+            ]
+        );
+    }
+
+    #[test]
+    fn shell_style_env_says_to_write_a_mapping() {
+        for env in ["[FOO=bar]", "FOO=bar", "\n      - FOO=bar"] {
+            let text = format!(
+                "services:\n  - name: a\n    port: 1\n    server: /bin/true\n    env: {env}\n"
+            );
+            let e = errors(&text);
+            assert_eq!(e.len(), 1, "{env}: {e:?}");
+            assert!(
+                e[0].contains("key \"env\": write FOO: bar, not FOO=bar"),
+                "{env}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unquoted_ipv6_wildcard_in_a_list_says_to_quote_it() {
+        let text =
+            "services:\n  - name: a\n    address: [0.0.0.0, ::]\n    port: 1\n    builtin: echo\n";
+        assert_eq!(
+            errors(text),
+            [
+                "t.conf:3:14: service \"a\": key \"address\": quote IPv6 addresses that start with \":\": address: [0.0.0.0, \"::\"] (unquoted, YAML reads :: as a key)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_stops_its_file_there_but_what_came_before_is_checked() {
+        let text = "services:
+  - name: a
+    port: 1
+    builtin: echo
+    wait: maybe
+  - name: b
+    port: 2
+    args: [x,
+";
+        let e = errors(text);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("t.conf:5:11: service \"a\": key \"wait\""),
+            "{e:?}"
+        );
+        assert!(e[1].contains("service \"b\""), "{e:?}");
+    }
+
+    #[test]
+    fn a_defaults_mistake_is_reported_once_however_many_services_take_it() {
+        let mut text = String::from("defaults:\n  nice: 40\nservices:\n");
+        for n in 0..5 {
+            text.push_str(&format!(
+                "  - {{name: s{n}, port: {n}, server: /bin/true}}\n"
+            ));
+        }
+        assert_eq!(
+            errors(&text),
+            ["t.conf:2:9: key \"nice\": must be between -20 and 19"]
+        );
+    }
+
+    #[test]
+    fn new_keys_reach_the_spec() {
+        let text = "defaults:
+  per_source_rate: {max: 5, per: 1m}
+  source_prefix: {ipv6: 56}
+  respawn_max_delay: 2m
+services:
+  - name: web
+    port: 1
+    server: /bin/true
+    nice: 0
+    tls: {cert: /c.pem, key: /k.pem, alpn: [h2], min_version: 1.3, sni: [{names: [a.example], cert: /a.pem, key: /a.key}]}
+  - name: keeper
+    protocol: none
+    respawn: true
+    notify: true
+    server: /bin/true
+  - name: scrape
+    protocol: unix
+    path: /run/m.sock
+    builtin: metrics
+";
+        let table = parse("t.conf", text).unwrap();
+        let web = &table.services[0];
+        assert_eq!(web.nice, Some(0));
+        assert_eq!(
+            web.per_source_rate,
+            Some(SourceRate {
+                max: 5,
+                per: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(web.source_prefix, SourcePrefix { ipv4: 32, ipv6: 56 });
+        assert_eq!(web.respawn_max_delay, Duration::from_secs(120));
+        let tls = web.tls.as_ref().unwrap();
+        assert_eq!(tls.settings.min_version, MinVersion::V13);
+        assert_eq!(
+            tls.places.pos(crate::tls::config::TlsKey::SniKey(0)).line,
+            10
+        );
+        let keeper = &table.services[1];
+        assert!(keeper.respawn && keeper.notify && keeper.protocol == Protocol::None);
+        // A (d) key that does not apply to a kind is simply not taken by it.
+        assert_eq!(keeper.per_source_rate, None);
+        assert_eq!(keeper.nice, None);
+        assert_eq!(
+            table.services[2].handler,
+            Handler::Builtin(Builtin::Metrics)
+        );
+    }
+
+    #[test]
+    fn supervised_services_refuse_what_does_not_apply() {
+        let text = "services:
+  - name: a
+    respawn: true
+    port: 1
+    server: /bin/true
+    wait: false
+    max_children: 3
+    tls: {cert: /c, key: /k}
+  - name: b
+    protocol: none
+    address: 127.0.0.1
+    server: /bin/true
+  - name: c
+    port: 2
+    builtin: metrics
+    protocol: udp
+  - name: d
+    port: 3
+    server: /bin/true
+    notify: true
+";
+        assert_errors_start_with(
+            text,
+            &[
+                "t.conf:6:11: service \"a\": key \"wait\": a supervised service with a socket is wait: true",
+                "t.conf:7:19: service \"a\": key \"max_children\": does not apply to a supervised service",
+                "t.conf:8:10: service \"a\": key \"tls\": does not apply to a supervised service",
+                "t.conf:10:15: service \"b\": key \"protocol\": none is for supervised services",
+                "t.conf:11:14: service \"b\": key \"address\": not for protocol none",
+                "t.conf:15:14: service \"c\": key \"builtin\": metrics is served over tcp and unix only",
+                "t.conf:20:13: service \"d\": key \"notify\": only for supervised services",
+            ],
+        );
+    }
+
+    #[test]
+    fn tls_keys_are_checked_where_written() {
+        let text = "services:
+  - name: a
+    port: 1
+    server: /bin/true
+    tls:
+      cert: relative.pem
+      min_version: \"1.1\"
+      handshake_timeout: 0
+      sni:
+        - {names: host.example, cert: /c, key: /k}
+  - name: b
+    protocol: udp
+    port: 2
+    server: /bin/true
+    tls: {cert: /c, key: /k}
+";
+        assert_errors_start_with(
+            text,
+            &[
+                "t.conf:6:7: service \"a\": key \"tls\": missing \"key\"",
+                "t.conf:6:13: service \"a\": key \"tls.cert\": must be an absolute path",
+                "t.conf:7:20: service \"a\": key \"tls.min_version\": \"1.1\" is not one of",
+                "t.conf:8:26: service \"a\": key \"tls.handshake_timeout\": must be more than 0",
+                "t.conf:10:19: service \"a\": key \"tls.sni[0].names\": write a list: tls.sni[0].names: [host.example]",
+                "t.conf:15:10: service \"b\": key \"tls\": only for tcp services with wait: false",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_large_table_is_read_in_linear_time() {
+        // Each service with a mistake: the errors must not cost more than the services.
+        let mut text = String::from("services:\n");
+        for n in 0..20_000 {
+            text.push_str(&format!(
+                "  - {{name: s{n}, port: {n}, builtin: echo, sever: x}}\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(errors(&text).len(), 20_000);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn strange_tables_never_panic() {
+        for text in [
+            "services:",
+            "services: 3",
+            "services: [3]",
+            "services: [{}]",
+            "defaults: 1\nservices: []",
+            "include: 3\nservices: []",
+            "services: [{name: [a]}]",
+            "services: [{name: a, env: {=: 1}}]",
+            "services: [{name: a, rlimits: [1]}]",
+            "services: [{name: a, tls: {sni: [1]}}]",
+            "services: [{name: a, tls: {sni: 1}}]",
+            "services: [{? [a] : b}]",
+            "[1, 2]",
+            "~",
+            "services: [{name: a, port: 99999999999999999999999}]",
+            "services: [{name: a, address: [{: }]}]",
+        ] {
+            let _ = parse("t.conf", text);
+        }
     }
 }

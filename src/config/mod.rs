@@ -1,8 +1,10 @@
 //! The service table as a pure value: YAML text in, a checked `Table` (or every error, located)
-//! out. No syscalls and no NSS lookups happen here; `resolve.rs` does those.
+//! out. No syscalls and no NSS lookups happen here; `resolve.rs` does those. `yaml` reads the
+//! text into located nodes, `check` turns them into `ServiceSpec`s, `dump` writes a table back.
 
 mod check;
-mod raw;
+pub mod dump;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +15,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use check::parse_partial;
+
+use crate::service::{SourcePrefix, SourceRate};
+use crate::tls::config::{TlsKey, TlsSettings};
 
 /// Where a value was written, for messages from later stages (resolve) about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,11 +56,32 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Sorts errors into the order a reader meets them: file by file in the order they were read
+/// (`files`, the main table first), then by line and column. Stable, so that two messages about
+/// one place keep the order they were found in.
+pub fn sort_errors(errors: &mut [ConfigError], files: &[String]) {
+    let order: std::collections::HashMap<&str, usize> = files
+        .iter()
+        .enumerate()
+        .map(|(index, file)| (file.as_str(), index))
+        .collect();
+    errors.sort_by_key(|error| {
+        let file = order
+            .get(error.file.as_str())
+            .copied()
+            .unwrap_or(usize::MAX);
+        let pos = error.pos.unwrap_or_default();
+        (file, pos.line, pos.column)
+    });
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Tcp,
     Udp,
     Unix,
+    /// No socket at all: a supervised program (`respawn: true`).
+    None,
 }
 
 impl Protocol {
@@ -64,6 +90,7 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
             Protocol::Unix => "unix",
+            Protocol::None => "none",
         }
     }
 }
@@ -75,7 +102,8 @@ pub enum StderrMode {
     Null,
 }
 
-/// The services served inside rinetd's event loop: those RFC 862-868 define, and `metrics`.
+/// The services RFC 862-868 define, and rinetd's own counters (`metrics`), served inside
+/// rinetd's event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {
     Echo,
@@ -158,8 +186,65 @@ pub enum Resource {
     Stack,
 }
 
+impl Resource {
+    pub const ALL: [(&'static str, Resource); 8] = [
+        ("nofile", Resource::Nofile),
+        ("nproc", Resource::Nproc),
+        ("cpu", Resource::Cpu),
+        ("as", Resource::As),
+        ("core", Resource::Core),
+        ("fsize", Resource::Fsize),
+        ("data", Resource::Data),
+        ("stack", Resource::Stack),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Resource::ALL
+            .iter()
+            .find(|(_, resource)| *resource == self)
+            .map_or("nofile", |(name, _)| name)
+    }
+}
+
 /// An rlimit value; `None` is `unlimited`.
 pub type LimitValue = Option<u64>;
+
+/// `tls:` as checked: the settings the TLS engine loads, and where each was written so that
+/// its load errors (`TlsKey`) can be located.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSpec {
+    pub settings: TlsSettings,
+    pub places: TlsPlaces,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsPlaces {
+    pub tls: Pos,
+    pub cert: Pos,
+    pub key: Pos,
+    /// Per `sni` entry: its `names`, `cert` and `key`.
+    pub sni: Vec<[Pos; 3]>,
+    pub client_ca: Pos,
+    pub alpn: Pos,
+}
+
+impl TlsPlaces {
+    /// Where the setting a load error names was written.
+    pub fn pos(&self, key: TlsKey) -> Pos {
+        let sni =
+            |index: usize, part: usize| self.sni.get(index).map_or(self.tls, |places| places[part]);
+        match key {
+            TlsKey::Cert => self.cert,
+            TlsKey::Key => self.key,
+            TlsKey::SniNames(index) => sni(index, 0),
+            TlsKey::SniCert(index) => sni(index, 1),
+            TlsKey::SniKey(index) => sni(index, 2),
+            TlsKey::ClientCa => self.client_ca,
+            TlsKey::Alpn => self.alpn,
+            TlsKey::Tls => self.tls,
+        }
+    }
+}
 
 /// One service, checked but not yet resolved against the system.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,6 +257,8 @@ pub struct ServiceSpec {
     pub addresses: Vec<IpAddr>,
     pub port: PortSpec,
     pub port_pos: Pos,
+    /// No `port:` was written: the service's name is looked up in /etc/services.
+    pub port_from_name: bool,
     /// `protocol: unix` only (then `addresses` is empty).
     pub unix: Option<UnixSocket>,
     pub handler: Handler,
@@ -190,17 +277,27 @@ pub struct ServiceSpec {
     pub no_access: Vec<IpNet>,
     pub timeout: Option<Duration>,
     pub rlimits: Vec<(Resource, LimitValue)>,
-    pub nice: i32,
+    /// None: the handler keeps rinetd's own niceness.
+    pub nice: Option<i32>,
     pub umask: u32,
     pub backlog: u32,
     pub keepalive: bool,
     pub disabled: bool,
+    /// `respawn: true`: a supervised service.
+    pub respawn: bool,
+    pub notify: bool,
+    pub respawn_max_delay: Duration,
+    pub per_source_rate: Option<SourceRate>,
+    pub source_prefix: SourcePrefix,
+    pub tls: Option<TlsSpec>,
 }
 
 /// The whole checked table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
     pub file: String,
+    /// Every file read, in order: the main table, then the included files.
+    pub files: Vec<String>,
     pub services: Vec<ServiceSpec>,
 }
 

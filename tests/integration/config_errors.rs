@@ -4,7 +4,9 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 
-use crate::harness::{EX_CONFIG, TestDir, all_output, check_config, is_root};
+use crate::harness::{
+    EX_CONFIG, TestDir, all_output, check_config, is_root, self_signed_certificate,
+};
 
 /// A bad table. The offending line is marked with `# <--`; `{server}` stands for an
 /// executable handler and `{noexec}` for a file without the execute bit.
@@ -414,6 +416,140 @@ services:
         message: &["service \"hello\"", "nosuchuser"],
     },
     BadConfig {
+        what: "protocol none without respawn",
+        yaml: "services:
+  - name: hello
+    protocol: none  # <--
+    server: {server}
+",
+        message: &["service \"hello\"", "none is for supervised services"],
+    },
+    BadConfig {
+        what: "a port on a service without a socket",
+        yaml: "services:
+  - name: hello
+    protocol: none
+    respawn: true
+    port: 80  # <--
+    server: {server}
+",
+        message: &["service \"hello\"", "port", "not for protocol none"],
+    },
+    BadConfig {
+        what: "wait: false on a supervised service with a socket",
+        yaml: "services:
+  - name: hello
+    port: 0
+    respawn: true
+    wait: false  # <--
+    server: {server}
+",
+        message: &[
+            "service \"hello\"",
+            "supervised service with a socket is wait: true",
+        ],
+    },
+    BadConfig {
+        what: "a client limit on a supervised service",
+        yaml: "services:
+  - name: hello
+    port: 0
+    respawn: true
+    server: {server}
+    per_source_rate: {max: 5, per: 1m}  # <--
+",
+        message: &["service \"hello\"", "per_source_rate", "supervised service"],
+    },
+    BadConfig {
+        what: "notify on an on-demand service",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    notify: true  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "notify",
+            "only for supervised services",
+        ],
+    },
+    BadConfig {
+        what: "per_source_rate on a unix socket, which has no client address",
+        yaml: "services:
+  - name: hello
+    protocol: unix
+    path: /tmp/rinetd-never-bound.sock
+    server: {server}
+    per_source_rate: {max: 5, per: 1m}  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "per_source_rate",
+            "does not apply to protocol unix",
+        ],
+    },
+    BadConfig {
+        what: "a source prefix longer than an IPv4 address",
+        yaml: "services:
+  - name: hello
+    port: 0
+    server: {server}
+    source_prefix: {ipv4: 33, ipv6: 64}  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "source_prefix.ipv4",
+            "between 0 and 32",
+        ],
+    },
+    BadConfig {
+        what: "the metrics builtin over udp",
+        yaml: "services:
+  - name: hello
+    protocol: udp
+    port: 0
+    builtin: metrics  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "metrics is served over tcp and unix only",
+        ],
+    },
+    BadConfig {
+        what: "tls on a udp service",
+        yaml: "services:
+  - name: hello
+    protocol: udp
+    port: 0
+    server: {server}
+    tls: {cert: /etc/c.pem, key: /etc/k.pem}  # <--
+",
+        message: &[
+            "service \"hello\"",
+            "tls",
+            "only for tcp services with wait: false",
+        ],
+    },
+    BadConfig {
+        what: "tls without a key",
+        yaml: "services:
+  - name: hello
+    port: 0
+    builtin: echo
+    tls: {cert: /etc/c.pem}  # <--
+",
+        message: &["service \"hello\"", "key \"tls\": missing \"key\""],
+    },
+    BadConfig {
+        what: "a service without port whose name is not in /etc/services",
+        yaml: "services:
+  - name: no-such-service-name  # <--
+    server: {server}
+",
+        message: &["service \"no-such-service-name\"", "no port: set \"port\""],
+    },
+    BadConfig {
         what: "a wildcard address overlaps a specific one on the same port",
         yaml: "services:
   - name: all
@@ -491,6 +627,229 @@ fn check_reports_every_error_not_just_the_first() {
     let path = config.display();
     assert!(text.contains(&format!("{path}:3:")), "{text}");
     assert!(text.contains(&format!("{path}:8:")), "{text}");
+}
+
+/// The table of issue 9: eight mistakes of eight kinds in eight services. serde stopped at the
+/// first; every one is reported in one run, in line order, each at its own line and column.
+#[test]
+fn a_table_with_eight_mistakes_reports_all_eight_in_one_run() {
+    let (dir, server) = dir_with_handlers("eight-mistakes");
+    let config = dir.config(&format!(
+        "services:
+  - name: hello
+    port: 8080
+    server: {server}
+    sever: {server}
+  - name: twice
+    port: 8081
+    port: 8082
+    server: {server}
+  - name: typed
+    port: 8083
+    server: {server}
+    keepalive: on
+  - name: args
+    port: 8084
+    server: {server}
+    args: hello.sh -v
+  - name: env
+    port: 8085
+    server: {server}
+    env: [FOO=bar]
+  - name: both
+    address: [0.0.0.0, ::]
+    port: 8086
+    server: {server}
+  - name: limits
+    port: 8087
+    server: {server}
+    max_children: -1
+  - name: tabbed
+    port: 8088
+\tserver: {server}
+"
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(EX_CONFIG), "{text}");
+    let path = config.display();
+    let expected = [
+        (
+            "5:5",
+            "service \"hello\": unknown key \"sever\" (did you mean \"server\"?)",
+        ),
+        ("8:5", "service \"twice\": duplicate key \"port\""),
+        (
+            "13:16",
+            "service \"typed\": key \"keepalive\": expected true or false",
+        ),
+        (
+            "17:11",
+            "service \"args\": key \"args\": write a list: args: [hello.sh, \"-v\"]",
+        ),
+        (
+            "21:11",
+            "service \"env\": key \"env\": write FOO: bar, not FOO=bar",
+        ),
+        (
+            "23:14",
+            "service \"both\": key \"address\": quote IPv6 addresses that start with \":\": address: [0.0.0.0, \"::\"]",
+        ),
+        (
+            "29:19",
+            "service \"limits\": key \"max_children\": must be between 0 and",
+        ),
+        ("32:1", "service \"tabbed\": a tab character"),
+    ];
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("rinetd: "))
+        .collect();
+    assert_eq!(lines.len(), expected.len(), "{text}");
+    for (line, (place, message)) in lines.iter().zip(expected) {
+        let start = format!("rinetd: {path}:{place}: {message}");
+        assert!(line.starts_with(&start), "{line}\n  wanted {start}");
+    }
+}
+
+#[test]
+fn every_error_of_a_table_and_its_included_files_comes_in_file_and_line_order() {
+    let (dir, server) = dir_with_handlers("error-order");
+    std::fs::create_dir(dir.join("conf.d")).unwrap();
+    dir.write(
+        "conf.d/a.yaml",
+        &format!(
+            "services:\n  - name: inc\n    port: 0\n    server: {server}\n    user: nosuchuser\n  - name: other\n    port: 0\n    server: {server}\n    nice: 99\n"
+        ),
+        0o644,
+    );
+    // A resolve error (unknown user) above a check error (a port out of range) in the main
+    // file, and both kinds in the included file.
+    let config = dir.config(&format!(
+        "include: [conf.d/*.yaml]\nservices:\n  - name: a\n    port: 0\n    server: {server}\n    group: nosuchgroup\n  - name: b\n    port: 70000\n    server: {server}\n"
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    let places: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("rinetd: "))
+        .filter_map(|line| line.split(": ").next())
+        .map(|place| place.rsplit('/').next().unwrap_or(place).to_string())
+        .collect();
+    assert_eq!(
+        places,
+        [
+            "rinetd.conf:6:12",
+            "rinetd.conf:8:11",
+            "a.yaml:5:11",
+            "a.yaml:9:11"
+        ],
+        "{text}"
+    );
+}
+
+#[test]
+fn tls_files_are_read_at_check_time_and_each_problem_is_located_at_its_key() {
+    let (dir, _) = dir_with_handlers("tls-located");
+    if self_signed_certificate(&dir).is_none() {
+        eprintln!("skipped: the openssl CLI is needed to make a certificate");
+        return;
+    }
+    let path = dir.path.display();
+    let good = dir.config(&format!(
+        "services:\n  - name: secure\n    address: 127.0.0.1\n    port: 0\n    builtin: echo\n    tls: {{cert: {path}/cert.pem, key: {path}/key.pem}}\n"
+    ));
+    let output = check_config(&good);
+    assert_eq!(output.status.code(), Some(0), "{}", all_output(&output));
+    let config = dir.config(&format!(
+        "services:
+  - name: secure
+    address: 127.0.0.1
+    port: 0
+    builtin: echo
+    tls:
+      cert: {path}/missing.pem
+      key: {path}/key.pem
+      sni:
+        - names: [other.example]
+          cert: {path}/cert.pem
+          key: {path}/cert.pem
+"
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(EX_CONFIG), "{text}");
+    let file = config.display();
+    assert!(
+        text.contains(&format!(
+            "{file}:7:13: service \"secure\": key \"tls.cert\": {path}/missing.pem: cannot read it"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{file}:12:16: service \"secure\": key \"tls.sni[0].key\": {path}/cert.pem: no private key in it"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_warns_about_a_script_whose_interpreter_cannot_be_found() {
+    let (dir, _) = dir_with_handlers("interpreter");
+    let windows = dir.write("windows.sh", "#!/bin/sh\r\necho hello\r\n", 0o755);
+    let missing = dir.write("missing.py", "#!/usr/bin/no-such-python\nprint(1)\n", 0o755);
+    let config = dir.config(&format!(
+        "services:\n  - name: windows\n    port: 0\n    server: {}\n  - name: missing\n    port: 0\n    server: {}\n",
+        windows.display(),
+        missing.display()
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let file = config.display();
+    assert!(
+        text.lines().any(|line| line.contains("warning")
+            && line.contains(&format!("{file}:4:13: service \"windows\""))
+            && line.contains(&windows.display().to_string())
+            && line.contains("Windows line endings")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|line| line.contains("warning")
+            && line.contains(&format!("{file}:7:13: service \"missing\""))
+            && line.contains("its #! interpreter /usr/bin/no-such-python does not exist")),
+        "{text}"
+    );
+}
+
+#[test]
+fn handlers_that_would_run_as_root_make_one_warning_not_one_per_service() {
+    if !is_root() {
+        eprintln!("skipped: the root-handler warning only exists when rinetd runs as root");
+        return;
+    }
+    let (dir, server) = dir_with_handlers("root-warning-once");
+    let mut yaml = String::from("services:\n");
+    for n in 0..25 {
+        yaml.push_str(&format!(
+            "  - {{name: s{n:02}, port: 0, server: {server}}}\n"
+        ));
+    }
+    let output = check_config(&dir.config(&yaml));
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("rinetd: warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].ends_with(
+            "handlers would run as root (set \"user\"): s00, s01, s02, s03, s04, s05, s06, s07, s08, s09 and 15 more"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

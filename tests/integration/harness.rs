@@ -148,6 +148,35 @@ impl TestDir {
     }
 }
 
+/// A self-signed certificate for `localhost` and its key (`cert.pem`, `key.pem` in `dir`), made
+/// with the openssl CLI so that no private key is ever committed; None without openssl.
+pub fn self_signed_certificate(dir: &TestDir) -> Option<(PathBuf, PathBuf)> {
+    let made = Command::new("openssl")
+        .current_dir(&dir.path)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .output()
+        .ok()?;
+    made.status
+        .success()
+        .then(|| (dir.join("cert.pem"), dir.join("key.pem")))
+}
+
 impl Drop for TestDir {
     fn drop(&mut self) {
         if thread::panicking() {

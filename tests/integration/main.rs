@@ -13,6 +13,7 @@ mod convert;
 mod daemonize;
 mod datagrams;
 mod debian_stock;
+mod dump;
 mod environment;
 mod includes;
 mod inetd_format;

@@ -128,6 +128,39 @@ fn a_bad_table_keeps_the_old_one_running() {
 }
 
 #[test]
+fn a_reload_with_three_bad_services_logs_all_three() {
+    // Reading stopped at the first serde error: one was logged, the next two came one reload
+    // at a time.
+    let dir = TestDir::new("reload-three-bad");
+    let hello = dir.script("hello.sh", "echo hello");
+    let daemon = Daemon::start(&dir, &[Service::new("hello", &hello)]);
+    let port = daemon.port("hello");
+    let ready = daemon.wait_for_line("ready services=");
+    let h = hello.display();
+    let bad = format!(
+        "services:\n  - name: one\n    port: 0\n    server: {h}\n    sever: {h}\n\
+         \x20 - name: two\n    port: 0\n    server: {h}\n    keepalive: on\n\
+         \x20 - name: three\n    port: 0\n    server: {h}\n    args: three -v\n"
+    );
+    let failed = reload(&daemon, &dir, &bad, &ready, "reload failed");
+    assert!(failed.text.contains("errors=3"), "{}", failed.text);
+    let lines = daemon.lines();
+    for (service, mistake) in [
+        ("one", "sever"),
+        ("two", "keepalive"),
+        ("three", "write a list"),
+    ] {
+        assert!(
+            lines[..failed.index]
+                .iter()
+                .any(|l| l.contains(service) && l.contains(mistake)),
+            "{service}: {mistake} is not logged: {lines:#?}"
+        );
+    }
+    assert_eq!(try_request(port), Ok("hello\n".to_string()));
+}
+
+#[test]
 fn a_changed_handler_serves_only_new_connections_and_removed_services_keep_their_handlers() {
     let dir = TestDir::new("reload-changes");
     // v1 answers only after its client has sent a line, so it is still running at the reload.
