@@ -72,6 +72,9 @@ struct Output {
     partial: Vec<u8>,
     /// A supervised program's stdout (else stderr).
     stdout: bool,
+    /// What is wrong with the handler's script, if resolve saw something (a missing `#!`
+    /// interpreter): exec says only "No such file or directory" of a file that exists.
+    script_problem: Option<String>,
 }
 
 pub struct Children {
@@ -212,6 +215,13 @@ impl Server {
         let now = Instant::now();
         let pid = spawned.pid;
         let output = self.watch_output(label, pid, spawned.output, false);
+        let script_problem = self
+            .table
+            .get(id)
+            .and_then(|entry| entry.service.exec_plan()?.script_problem.clone());
+        if let Some(output) = output.and_then(|token| self.children.outputs.get_mut(&token)) {
+            output.script_problem = script_problem;
+        }
         let deadline = timeout.map(|timeout| {
             let timer = Timer::Timeout {
                 pid: pid.as_raw(),
@@ -258,6 +268,7 @@ impl Server {
                     pipe: File::from(output),
                     partial: Vec::new(),
                     stdout,
+                    script_problem: None,
                 };
                 self.children.outputs.insert(token, output);
                 Some(token)
@@ -427,7 +438,13 @@ fn log_output_line(output: &Output, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
     let text = text.strip_suffix('\r').unwrap_or(&text);
     match text.strip_prefix(REPORT_PREFIX) {
-        Some(reason) => events::spawn_failed(&output.label, output.pid.as_raw(), reason),
+        Some(reason) => match &output.script_problem {
+            Some(problem) if reason.ends_with("No such file or directory") => {
+                let reason = format!("{reason} ({problem})");
+                events::spawn_failed(&output.label, output.pid.as_raw(), &reason);
+            }
+            _ => events::spawn_failed(&output.label, output.pid.as_raw(), reason),
+        },
         None if output.stdout => events::stdout_line(&output.label, output.pid.as_raw(), text),
         None => events::stderr_line(&output.label, output.pid.as_raw(), text),
     }

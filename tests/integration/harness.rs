@@ -239,6 +239,8 @@ struct Log {
 #[derive(Default)]
 struct LogState {
     lines: Vec<String>,
+    /// When each line arrived (for tests that measure delays between events).
+    arrived: Vec<Instant>,
     closed: bool,
 }
 
@@ -253,6 +255,8 @@ impl Log {
 pub struct LogLine {
     pub index: usize,
     pub text: String,
+    /// When the test read it.
+    pub at: Instant,
 }
 
 impl LogLine {
@@ -361,6 +365,19 @@ impl Daemon {
         })
     }
 
+    /// The first log line after `after` containing `pattern`, waiting up to `within` (for
+    /// events slower than `DEADLINE` by design).
+    pub fn wait_for_line_after_within(
+        &self,
+        after: &LogLine,
+        pattern: &str,
+        within: Duration,
+    ) -> LogLine {
+        self.wait_for_nth(pattern, after.index + 1, within, |line| {
+            line.contains(pattern)
+        })
+    }
+
     /// The first line containing `pattern`, waiting up to `within` (for events slower than
     /// `DEADLINE` by design, such as a bind retry).
     pub fn wait_for_line_within(&self, pattern: &str, within: Duration) -> LogLine {
@@ -392,6 +409,7 @@ impl Daemon {
                 return LogLine {
                     index,
                     text: text.clone(),
+                    at: state.arrived[index],
                 };
             }
             let now = Instant::now();
@@ -523,7 +541,10 @@ fn keep_log(pid: i32, lines: &[String]) {
 fn collect_lines(stderr: impl Read, log: &Log) {
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
-        log.lock().lines.push(line);
+        let mut state = log.lock();
+        state.lines.push(line);
+        state.arrived.push(Instant::now());
+        drop(state);
         log.grown.notify_all();
     }
     log.lock().closed = true;

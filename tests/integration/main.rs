@@ -27,6 +27,7 @@ mod recovery;
 mod reload;
 mod robustness;
 mod stderr_modes;
+mod supervise;
 mod tcp;
 mod timeouts;
 mod unix_sockets;

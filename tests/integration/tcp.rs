@@ -95,3 +95,18 @@ fn exec_failure_closes_the_connection_and_logs_the_reason_and_status_127() {
         accepted.pid()
     ));
 }
+
+#[test]
+fn a_script_whose_interpreter_is_missing_fails_with_no_such_file_for_a_file_that_exists() {
+    let dir = TestDir::new("exec-interpreter");
+    let broken = dir.write("crlf.sh", "#!/bin/sh\r\necho unreachable\r\n", 0o755);
+    let daemon = Daemon::start(&dir, &[Service::new("crlf", &broken)]);
+    assert_eq!(daemon.request("crlf", ""), "");
+    let accepted = daemon.wait_for_line("crlf/tcp: accepted");
+    let failed = daemon.wait_for_line(&format!("crlf/tcp: spawn failed pid={}", accepted.pid()));
+    assert!(
+        failed.text.contains("Windows line endings"),
+        "the cause is not named: {}",
+        failed.text
+    );
+}
