@@ -80,7 +80,8 @@ deps:
 	command -v groff >/dev/null || missing="$$missing groff-base"; \
 	command -v objdump >/dev/null || missing="$$missing binutils"; \
 	command -v lintian >/dev/null || missing="$$missing lintian"; \
-	for tool in openssl curl socat; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for tool in openssl curl socat haproxy; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	command -v stunnel4 >/dev/null || missing="$$missing stunnel4"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

@@ -136,6 +136,34 @@ pub fn accepted_datagram(label: &str, client: &dyn Display, bytes: usize, pid: i
     info!("{label}: accepted client={client} bytes={bytes} pid={pid}");
 }
 
+pub fn accepted_tls(label: &str, client: &dyn Display, pid: i32, tls: &str) {
+    info!(
+        "{label}: accepted client={client} pid={pid} tls={}",
+        Value(tls)
+    );
+}
+
+pub fn accepted_builtin_tls(label: &str, client: &dyn Display, builtin: &str, tls: &str) {
+    info!(
+        "{label}: accepted client={client} builtin={builtin} tls={}",
+        Value(tls)
+    );
+}
+
+pub fn tls_handshake_failed(label: &str, client: &dyn Display, reason: &str) {
+    warn!(
+        "{label}: tls handshake failed client={client} error={}",
+        Value(reason)
+    );
+}
+
+pub fn tls_failed(label: &str, client: &dyn Display, reason: &str) {
+    warn!(
+        "{label}: tls failed client={client} error={}",
+        Value(reason)
+    );
+}
+
 pub fn closed(label: &str, client: &dyn Display, duration: Duration) {
     info!(
         "{label}: closed client={client} duration={}",

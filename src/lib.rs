@@ -27,9 +27,6 @@ mod signals;
 // clone(CLONE_VM | CLONE_VFORK) and the child's stack.
 #[allow(unsafe_code)]
 mod spawn;
-// Issue 14: the TLS engine is built and tested ahead of its wiring into the event loop and
-// the config checker; until they call it, nothing outside its tests does.
-#[allow(dead_code)]
 mod tls;
 
 use std::cell::RefCell;

@@ -47,8 +47,6 @@ pub struct Supervise {
 #[derive(Debug, Clone)]
 pub struct Tls {
     pub settings: crate::tls::config::TlsSettings,
-    // Read by the loop once TLS is wired into it.
-    #[allow(dead_code)]
     pub config: std::sync::Arc<rustls::ServerConfig>,
 }
 

@@ -5,6 +5,7 @@
 mod chargen;
 mod daytime;
 pub mod metrics;
+pub mod plain;
 mod time;
 
 use std::io::{self, Read, Write};
@@ -17,9 +18,9 @@ use crate::config::Builtin;
 
 /// What echo holds for a client that sends faster than it reads: past this, rinetd stops
 /// reading from it (TCP flow control pushes back on the client), so memory stays bounded.
-const ECHO_BUFFER: usize = 64 * 1024;
+pub(crate) const ECHO_BUFFER: usize = 64 * 1024;
 /// How much chargen queues at a time.
-const CHARGEN_CHUNK: usize = 16 * 1024;
+pub(crate) const CHARGEN_CHUNK: usize = 16 * 1024;
 /// Bytes moved per turn before other sources get theirs: a fast client cannot starve the loop.
 const TURN_BUDGET: usize = 256 * 1024;
 

@@ -124,6 +124,18 @@ impl Server {
             },
         );
         each(
+            "rinetd_service_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or passed handshake_timeout.",
+            &|out, labels, entry| {
+                let _ = writeln!(
+                    out,
+                    "rinetd_service_tls_handshake_failures_total{{{labels}}} {}",
+                    entry.counters.tls_handshake_failures
+                );
+            },
+        );
+        each(
             "rinetd_service_exits_total",
             "counter",
             "Handlers reaped, by outcome: exit status 0, another status, or a signal.",

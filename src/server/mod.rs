@@ -16,6 +16,7 @@ mod stream;
 mod supervise;
 mod table;
 mod timers;
+mod tls;
 mod tokens;
 mod wait;
 

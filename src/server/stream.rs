@@ -14,6 +14,7 @@ use socket2::Socket;
 use super::children::{RESOURCE_BACKOFF, Role};
 use super::table::{Denied, ServiceId, Slot};
 use super::timers::TimerId;
+use super::tls::TlsConnection;
 use super::{Server, SourceKind, Timer, canonical, is_resource_exhaustion, would_block};
 use crate::builtin::{Machine, Step};
 use crate::config::Builtin;
@@ -45,6 +46,8 @@ pub struct Streams {
     held: HashMap<ServiceId, VecDeque<Held>>,
     /// Per service, the connections still sending their PROXY header, oldest first.
     waiting: HashMap<ServiceId, Waiting>,
+    /// The token of a TLS handler's socketpair → the token of its connection.
+    aliases: HashMap<Token, Token>,
 }
 
 /// Connections waiting for their PROXY header: how many (per client group too), and their
@@ -79,6 +82,39 @@ impl Streams {
     pub fn close_all(&mut self) {
         self.connections.clear();
         self.held.clear();
+    }
+
+    pub fn insert_tls(&mut self, token: Token, connection: TlsConnection) {
+        self.connections
+            .insert(token, Connection::Tls(Box::new(connection)));
+    }
+
+    pub fn tls_mut(&mut self, token: Token) -> Option<&mut TlsConnection> {
+        match self.connections.get_mut(&token) {
+            Some(Connection::Tls(connection)) => Some(connection),
+            _ => None,
+        }
+    }
+
+    pub fn remove_tls(&mut self, token: Token) -> Option<TlsConnection> {
+        match self.connections.remove(&token) {
+            Some(Connection::Tls(connection)) => {
+                if let Some(service) = connection.service_token() {
+                    self.aliases.remove(&service);
+                }
+                Some(*connection)
+            }
+            Some(other) => {
+                self.connections.insert(token, other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Events on `service` (a TLS handler's socketpair) drive connection `connection`.
+    pub fn alias(&mut self, service: Token, connection: Token) {
+        self.aliases.insert(service, connection);
     }
 
     /// Drops what waits for a service that no longer starts a handler per connection (a
@@ -149,6 +185,7 @@ impl Streams {
 enum Connection {
     Builtin(BuiltinConnection),
     Proxy(PendingProxy),
+    Tls(Box<TlsConnection>),
 }
 
 /// A TCP connection served by a builtin.
@@ -293,6 +330,14 @@ impl Server {
         if entry.service.socket.keepalive && remote.is_some() {
             let _ = connection.set_keepalive(true);
         }
+        // TLS first: the handshake, then the handler or builtin behind it.
+        if let Some(tls) = entry.service.tls.clone() {
+            if let Some(pipe) = pipe {
+                self.children.put_back_pipe(pipe);
+            }
+            self.start_tls(slot, connection, remote, local, &tls);
+            return;
+        }
         let shown = events::Client(remote);
         if let Kind::StreamBuiltin(builtin) = entry.kind {
             events::accepted_builtin(entry.label(), &shown, builtin.name());
@@ -383,6 +428,7 @@ impl Server {
     /// A connection's socket is ready (or its turn has come again). `hung_up`: the event said
     /// the peer closed or reset it.
     pub(super) fn drive_connection(&mut self, token: Token, hung_up: bool) {
+        let token = self.streams.aliases.get(&token).copied().unwrap_or(token);
         match self.streams.connections.get_mut(&token) {
             Some(Connection::Builtin(connection)) => {
                 match connection.machine.drive(&connection.socket) {
@@ -404,6 +450,7 @@ impl Server {
                 }
             }
             Some(Connection::Proxy(_)) => self.read_proxy(token, hung_up),
+            Some(Connection::Tls(_)) => self.drive_tls(token),
             None => {}
         }
     }
@@ -599,6 +646,11 @@ impl Server {
             Some(connection @ Connection::Builtin(_)) => {
                 self.streams.connections.insert(token, connection);
                 self.close_builtin(token);
+                return;
+            }
+            Some(connection @ Connection::Tls(_)) => {
+                self.streams.connections.insert(token, connection);
+                self.tls_deadline(token);
                 return;
             }
             None => return,

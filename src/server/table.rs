@@ -127,6 +127,8 @@ pub struct Counters {
     /// Handlers started; for supervised and `wait: true` services, those after the first
     /// are restarts.
     pub started: u64,
+    /// TLS handshakes that failed or ran out of time (nothing was started for them).
+    pub tls_handshake_failures: u64,
 }
 
 /// How a handler ended, for the counters.

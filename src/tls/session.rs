@@ -132,13 +132,15 @@ pub enum Ending {
 /// What the loop does next with a session; see the module doc.
 #[derive(Debug)]
 pub enum Step {
-    Wait(Want),
+    // The loop is edge-triggered and needs no `want`; level-triggered pollers (the tests) do.
+    Wait(#[cfg_attr(not(test), allow(dead_code))] Want),
     Again,
     HandshakeDone(Box<HandshakeInfo>),
     Closed(Ending),
 }
 
 /// Bytes held by the session itself (rustls' own buffers are capped separately).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Buffered {
     pub toward_service: usize,
@@ -277,6 +279,12 @@ impl<S: PlaintextService> TlsSession<S> {
         self.service.as_ref()
     }
 
+    /// The service, for the loop to give a builtin what it asked for.
+    pub fn service_mut(&mut self) -> Option<&mut S> {
+        self.service.as_mut()
+    }
+
+    #[cfg(test)]
     pub fn buffered(&self) -> Buffered {
         Buffered {
             toward_service: self.toward_service.len(),
@@ -284,6 +292,7 @@ impl<S: PlaintextService> TlsSession<S> {
         }
     }
 
+    #[cfg(test)]
     pub fn transferred(&self) -> Transferred {
         self.transferred
     }

@@ -30,5 +30,6 @@ mod stderr_modes;
 mod supervise;
 mod tcp;
 mod timeouts;
+mod tls;
 mod unix_sockets;
 mod wait_mode;

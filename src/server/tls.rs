@@ -1,0 +1,280 @@
+//! `tls:` services: the handshake inside the loop (bounded by `handshake_timeout`), then the
+//! relay between the client's TLS stream and the service's plaintext: a handler on a UNIX
+//! socketpair (its fd 0 and 1), or a builtin served in memory. The session (src/tls/session.rs)
+//! decides; this file registers its sockets, starts what it asks for and closes it.
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Instant, SystemTime};
+
+use mio::{Interest, Token};
+use socket2::Socket;
+
+use super::children::Role;
+use super::table::{ServiceId, Slot};
+use super::timers::TimerId;
+use super::{Server, SourceKind, Timer};
+use crate::builtin::plain::PlainBuiltin;
+use crate::config::Builtin;
+use crate::events;
+use crate::service::{Kind, Tls};
+use crate::spawn::{Stdio, address_vars};
+use crate::tls::info::HandshakeInfo;
+use crate::tls::session::{Ending, PlaintextService, Step, TlsSession, service_socketpair};
+
+/// What a TLS client talks to once the handshake is done.
+pub enum Plain {
+    Handler(UnixStream),
+    Builtin(PlainBuiltin),
+}
+
+impl PlaintextService for Plain {
+    fn read_plaintext(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Plain::Handler(socket) => socket.read_plaintext(buf),
+            Plain::Builtin(builtin) => builtin.read_plaintext(buf),
+        }
+    }
+
+    fn write_plaintext(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Plain::Handler(socket) => socket.write_plaintext(data),
+            Plain::Builtin(builtin) => builtin.write_plaintext(data),
+        }
+    }
+
+    fn end_of_input(&mut self) -> std::io::Result<()> {
+        match self {
+            Plain::Handler(socket) => socket.end_of_input(),
+            Plain::Builtin(builtin) => builtin.end_of_input(),
+        }
+    }
+
+    fn hung_up(&self) -> bool {
+        match self {
+            Plain::Handler(socket) => socket.hung_up(),
+            Plain::Builtin(builtin) => builtin.hung_up(),
+        }
+    }
+}
+
+/// One client of a `tls:` service.
+pub struct TlsConnection {
+    service: ServiceId,
+    session: TlsSession<Plain>,
+    /// Its place in `max_children`, until a handler takes it over (a builtin keeps it).
+    slot: Option<Slot>,
+    remote: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    /// The handshake's deadline, cancelled when it is done.
+    deadline: Option<TimerId>,
+    /// rinetd's end of the handler's socketpair, once there is one.
+    service_token: Option<Token>,
+    /// Served by a builtin (its close is logged; a handler's exit is).
+    builtin: Option<Builtin>,
+    started: Instant,
+}
+
+impl TlsConnection {
+    pub fn service_token(&self) -> Option<Token> {
+        self.service_token
+    }
+}
+
+impl Server {
+    /// Starts the handshake of an admitted client of a `tls:` service.
+    pub(super) fn start_tls(
+        &mut self,
+        slot: Slot,
+        connection: Socket,
+        remote: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        tls: &Tls,
+    ) {
+        let label = self
+            .table
+            .get(slot.service())
+            .map_or_else(String::new, |e| e.label().to_string());
+        let token = self.tokens.next(SourceKind::Connection);
+        let session = TlsSession::new(tls.config.clone(), TcpStream::from(connection));
+        let registered = session.and_then(|session| {
+            self.register(
+                session.client(),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map(|()| session)
+        });
+        let session = match registered {
+            Ok(session) => session,
+            Err(err) => {
+                events::cannot_serve(&label, &err);
+                if let Some(runnable) = self.table.release(slot) {
+                    self.wake(runnable);
+                }
+                return;
+            }
+        };
+        let at = Instant::now() + tls.settings.handshake_timeout;
+        let connection = TlsConnection {
+            service: slot.service(),
+            session,
+            slot: Some(slot),
+            remote,
+            local,
+            deadline: Some(self.timers.schedule(at, Timer::HeadDeadline(token))),
+            service_token: None,
+            builtin: None,
+            started: Instant::now(),
+        };
+        self.streams.insert_tls(token, connection);
+        self.runnable.push_back(token);
+    }
+
+    /// Moves what can move on TLS connection `token` (its client's token).
+    pub(super) fn drive_tls(&mut self, token: Token) {
+        let Some(connection) = self.streams.tls_mut(token) else {
+            return;
+        };
+        match connection.session.drive() {
+            Step::Wait(_) => {}
+            Step::Again => self.runnable.push_back(token),
+            Step::HandshakeDone(info) => {
+                if let Some(deadline) = connection.deadline.take() {
+                    self.timers.cancel(deadline);
+                }
+                self.handshake_done(token, &info);
+                self.runnable.push_back(token);
+            }
+            Step::Closed(ending) => self.close_tls(token, Some(ending)),
+        }
+        // `metrics` behind TLS: a GET is in; the exposition is rendered here, in the loop.
+        let wants_render = self.streams.tls_mut(token).is_some_and(
+            |c| matches!(c.session.service(), Some(Plain::Builtin(b)) if b.wants_render()),
+        );
+        if wants_render {
+            let body = self.render_metrics();
+            if let Some(connection) = self.streams.tls_mut(token)
+                && let Some(Plain::Builtin(builtin)) = connection.session.service_mut()
+            {
+                builtin.answer(&body);
+            }
+            self.runnable.push_back(token);
+        }
+    }
+
+    /// The handshake is done: start the handler (on a socketpair) or the builtin behind it.
+    fn handshake_done(&mut self, token: Token, info: &HandshakeInfo) {
+        let Some(connection) = self.streams.tls_mut(token) else {
+            return;
+        };
+        let (remote, local, id) = (connection.remote, connection.local, connection.service);
+        let Some(entry) = self.table.get(id) else {
+            self.close_tls(token, None);
+            return;
+        };
+        let label = entry.label().to_string();
+        let shown = events::Client(remote);
+        let summary = info.log_summary();
+        if let Kind::StreamBuiltin(builtin) = entry.kind {
+            events::accepted_builtin_tls(&label, &shown, builtin.name(), &summary);
+            if let Some(connection) = self.streams.tls_mut(token) {
+                connection.builtin = Some(builtin);
+                let plain = PlainBuiltin::new(builtin, SystemTime::now());
+                connection.session.attach(Plain::Builtin(plain));
+            }
+            return;
+        }
+        let mut vars = match (remote, local) {
+            (Some(remote), Some(local)) => address_vars(entry.service.protocol, remote, local),
+            _ => Vec::new(),
+        };
+        vars.extend(info.env());
+        let pair = service_socketpair();
+        let pipe = self.take_pipe(id);
+        let (Ok((ours, theirs)), Some(pipe), Some(slot)) = (
+            pair,
+            pipe,
+            self.streams.tls_mut(token).and_then(|c| c.slot.take()),
+        ) else {
+            self.close_tls(token, None);
+            return;
+        };
+        let stdio = Stdio::Connection(theirs.as_raw_fd());
+        let Some(pid) = self.start_handler(slot, pipe, stdio, &vars, Role::Connection) else {
+            self.close_tls(token, None);
+            return;
+        };
+        // The handler has its copy; with ours closed, its exit is the end of its output.
+        drop(theirs);
+        events::accepted_tls(&label, &shown, pid.as_raw(), &summary);
+        let service_token = self.tokens.next(SourceKind::Connection);
+        if let Err(err) = self.register(
+            &ours,
+            service_token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            events::cannot_serve(&label, &err);
+            self.close_tls(token, None);
+            return;
+        }
+        self.streams.alias(service_token, token);
+        if let Some(connection) = self.streams.tls_mut(token) {
+            connection.service_token = Some(service_token);
+            connection.session.attach(Plain::Handler(ours));
+        }
+    }
+
+    /// Ends TLS connection `token`: its sockets are deregistered and closed, its slot (if it
+    /// still has it) given back, and how it ended logged.
+    pub(super) fn close_tls(&mut self, token: Token, ending: Option<Ending>) {
+        let Some(connection) = self.streams.remove_tls(token) else {
+            return;
+        };
+        self.deregister(connection.session.client());
+        if let Some(Plain::Handler(socket)) = connection.session.service() {
+            self.deregister(socket);
+        }
+        if let Some(deadline) = connection.deadline {
+            self.timers.cancel(deadline);
+        }
+        let label = self
+            .table
+            .get(connection.service)
+            .map_or_else(String::new, |e| e.label().to_string());
+        let shown = events::Client(connection.remote);
+        match ending {
+            Some(Ending::HandshakeFailed(reason)) => {
+                events::tls_handshake_failed(&label, &shown, &reason);
+                if let Some(entry) = self.table.get_mut(connection.service) {
+                    entry.counters.tls_handshake_failures += 1;
+                }
+            }
+            Some(Ending::Failed(reason)) if connection.builtin.is_none() => {
+                events::tls_failed(&label, &shown, &reason);
+            }
+            _ if connection.builtin.is_some() => {
+                events::closed(&label, &shown, connection.started.elapsed());
+            }
+            _ => {}
+        }
+        if let Some(slot) = connection.slot
+            && let Some(runnable) = self.table.release(slot)
+        {
+            self.wake(runnable);
+        }
+    }
+
+    /// The handshake did not end within `handshake_timeout`.
+    pub(super) fn tls_deadline(&mut self, token: Token) {
+        let handshaking = self
+            .streams
+            .tls_mut(token)
+            .is_some_and(|c| c.session.is_handshaking());
+        if handshaking {
+            let reason = "no handshake within the handshake_timeout".to_string();
+            self.close_tls(token, Some(Ending::HandshakeFailed(reason)));
+        }
+    }
+}
