@@ -14,6 +14,7 @@ from collections import defaultdict
 ORDER = [
     "forkserver (floor)", "udpecho (floor)", "rinetd", "rinetd -q", "rinetd echo", "rinetd (baseline)",
     "rinetd -q (baseline)", "rinetd echo (baseline)", "tcpserver", "xinetd", "openbsd-inetd", "socat",
+    "rinetd tls", "stunnel4",
 ]
 
 
@@ -165,6 +166,40 @@ def main():
         print()
         titles = lambda c: f"UDP echo, {c[2:]} client{'s' if c != 'c=1' else ''}"
         print("\n\n".join(load_tables(meta, data, "udp", "dgram", "datagram", "udpecho (floor)", titles)))
+
+    if "tls" in sections and any(s == "tls" for s, _ in data):
+        print()
+        print("### TLS: rinetd's own TLS against stunnel4's exec mode (same handlers, same P-256 certificate)")
+        print()
+        print("Handshakes: parallel `openssl s_time -new -www /` clients, a full TLS 1.3 handshake per connection, "
+              "then the static `hello` handler's answer read to EOF. Bulk: one connection moving the run's "
+              "`BENCH_BULK_MIB` each way through a `socat` client (download: `head -c N /dev/zero` as the handler; "
+              "upload: `wc -c` as the handler, checked). Server CPU = utime+stime of the whole server process "
+              "(stunnel's per-connection threads included, handlers excluded), in clock ticks "
+              "(/proc/PID/stat), over the window.")
+        print()
+        rows, notes = [], []
+        tls_cases = sorted((c for s, c in data if s == "tls"),
+                           key=lambda c: (0, int(c.split("=")[1])) if c.startswith("handshake c=") else (1, c))
+        for case in tls_cases:
+            servers = data[("tls", case)]
+            peer = per_round(servers.get("stunnel4", {}), "rate" if case.startswith("handshake") else "mib_s")
+            for name in sorted(servers, key=rank):
+                m = servers[name]
+                cell = label(name, m, case, notes)
+                if case.startswith("handshake"):
+                    values = per_round(m, "rate")
+                    unit = "handshakes/s"
+                    cpu = spread(per_round(m, "cpu_ticks_total", "ok", 1e4), 0) + " µs/handshake"
+                else:
+                    values = per_round(m, "mib_s")
+                    unit = "MiB/s"
+                    cpu = spread([t * 10 for t in per_round(m, "cpu_ticks_total")], 0) + " ms"
+                ratio = f"{statistics.median(values) / statistics.median(peer):.2f}" if values and peer else "–"
+                rows.append([case, cell, spread(values, 0 if unit != "MiB/s" else 1) + " " + unit, ratio, cpu])
+        print(table(["case", "server", "min / med / max", "× stunnel4", "server CPU min / med / max"], "llrrr", rows))
+        if notes:
+            print("\n" + "  \n".join(notes))
 
     table_cases = cases(data, "table")
     if "mem" in sections and table_cases:

@@ -12,6 +12,10 @@
 #            handler at each client count: forkserver (floor), rinetd, rinetd -q, tcpserver,
 #            xinetd, openbsd-inetd, socat
 #   udp      echo datagrams/s: rinetd's echo builtin against the bare udpecho loop (floor)
+#   tls      rinetd's own TLS against stunnel4 running the same handlers in its exec mode, same
+#            certificate: full handshakes/s (`openssl s_time -new`, the static `hello` handler) at each
+#            client count, and MiB/s of one BENCH_BULK_MIB (256) transfer each way (socat client);
+#            server CPU (utime+stime of the whole process, threads included, children excluded)
 #   mem      RSS, RssAnon (private) and Pss, idle, with 10 and 1,000 TCP services:
 #            rinetd, xinetd, openbsd-inetd
 #   startup  exec -> all 1,000 (and 10) ports listening -> the last one serves
@@ -58,13 +62,13 @@ while [ $# -gt 0 ]; do
     -q | --quick) QUICK=1 ;;
     --only) ONLY=$2; shift ;;
     -h | --help) usage; exit 0 ;;
-    all) SECTIONS+=(tcp udp mem startup reload) ;;
-    tcp | udp | mem | startup | reload) SECTIONS+=("$1") ;;
+    all) SECTIONS+=(tcp udp tls mem startup reload) ;;
+    tcp | udp | tls | mem | startup | reload) SECTIONS+=("$1") ;;
     *) echo "bench: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(tcp udp mem startup reload)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(tcp udp tls mem startup reload)
 if [ "$QUICK" = 1 ]; then ROUNDS=${ROUNDS:-2} SECS=${SECS:-1}; fi
 ROUNDS=${ROUNDS:-5}
 SECS=${SECS:-3}
@@ -371,6 +375,126 @@ udp_round() {
   done
 }
 
+# ---- TLS: rinetd's own TLS against stunnel4 running the same handlers in its exec mode ------------
+TLS_SERVERS=("rinetd tls" stunnel4)
+BULK_MIB=${BENCH_BULK_MIB:-256}
+tls_setup() { # one certificate for both (P-256, made here: no key is ever committed), and the handlers
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.pem" 2>/dev/null
+  printf '#!/bin/sh\nexec head -c %d /dev/zero\n' $((BULK_MIB << 20)) >"$WORK/download.sh"
+  printf '#!/bin/sh\nexec wc -c\n' >"$WORK/upload.sh"
+  chmod 755 "$WORK/download.sh" "$WORK/upload.sh"
+  STUNNEL=$(command -v stunnel4 || command -v stunnel || true)
+}
+start_tls() { # NAME PORT: hello on PORT, download on PORT+1, upload on PORT+2
+  local name=$1 port=$2 conf
+  case $name in
+    "rinetd tls")
+      conf=$WORK/rinetd-tls.yaml
+      {
+        local tls="tls: {cert: $WORK/tls.pem, key: $WORK/tls.key}"
+        echo "services:"
+        echo "  - {name: hello, address: 127.0.0.1, port: $port, server: $HELLO, $tls}"
+        echo "  - {name: download, address: 127.0.0.1, port: $((port + 1)), server: $WORK/download.sh, $tls}"
+        echo "  - {name: upload, address: 127.0.0.1, port: $((port + 2)), server: $WORK/upload.sh, $tls}"
+      } >"$conf"
+      "$PROBE" exec - "$RINETD" -f -c "$conf" 2>"$WORK/server.log" &
+      ;;
+    stunnel4)
+      # stunnel's default logging (two lines per connection, like rinetd's) to /dev/null.
+      conf=$WORK/stunnel.conf
+      {
+        printf 'foreground = yes\npid =\noutput = /dev/null\ncert = %s\nkey = %s\n' "$WORK/tls.pem" "$WORK/tls.key"
+        printf '[hello]\naccept = 127.0.0.1:%d\nexec = %s\n' "$port" "$HELLO"
+        printf '[download]\naccept = 127.0.0.1:%d\nexec = %s\n' $((port + 1)) "$WORK/download.sh"
+        printf '[upload]\naccept = 127.0.0.1:%d\nexec = %s\n' $((port + 2)) "$WORK/upload.sh"
+      } >"$conf"
+      "$PROBE" exec - "$STUNNEL" "$conf" 2>"$WORK/server.log" &
+      ;;
+  esac
+  SPID=$!
+}
+now_ns() { date +%s%N; }
+tls_handshakes() { # NAME PORT CLIENTS: CLIENTS parallel `openssl s_time -new` (a full handshake, then
+  # `GET /` and read to EOF: the handler's `hello`) for SECS; connections/s and server CPU per connection
+  local name=$1 port=$2 clients=$3 k t0 t1 n=0 out pids=()
+  t0=$(cpu_ticks "$SPID")
+  for ((k = 0; k < clients; k++)); do
+    openssl s_time -connect "127.0.0.1:$port" -new -time "$SECS" -www / >"$WORK/s_time.$k" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  t1=$(cpu_ticks "$SPID")
+  for ((k = 0; k < clients; k++)); do
+    out=$(sed -n 's/^\([0-9]*\) connections in [0-9]* real seconds.*/\1/p' "$WORK/s_time.$k")
+    n=$((n + ${out:-0}))
+  done
+  if ! alive "$SPID" || [ "$n" = 0 ]; then
+    fail_server tls "handshake c=$clients" "$name" "no handshake completed" "$WORK/s_time.0"
+    return
+  fi
+  emit tls "handshake c=$clients" "$name" ok "$n"
+  emit tls "handshake c=$clients" "$name" rate "$((n / SECS))"
+  emit tls "handshake c=$clients" "$name" cpu_ticks_total $((t1 - t0))
+  printf 'round %s/%s  %-4s %-12s %-24s %7s/s  cpu=%s ticks\n' "$ROUND" "$ROUNDS" tls "handshake c=$clients" \
+    "$name" $((n / SECS)) $((t1 - t0)) >&2
+}
+tls_bulk() { # NAME CASE PORT: BULK_MIB through one connection (download: the handler writes; upload:
+  # the client writes and the handler counts); MB/s (MiB/s) and server CPU
+  local name=$1 case=$2 port=$3 bytes=$((BULK_MIB << 20)) ns0 ns1 t0 t1 got
+  t0=$(cpu_ticks "$SPID") ns0=$(now_ns)
+  if [ "$case" = download ]; then
+    got=$(socat -b 262144 -T 60 -u "OPENSSL:127.0.0.1:$port,verify=0" STDOUT 2>"$WORK/socat.err" | wc -c)
+  else
+    got=$(head -c "$bytes" /dev/zero | socat -b 262144 -T 60 -t 60 - "OPENSSL:127.0.0.1:$port,verify=0" 2>"$WORK/socat.err")
+  fi
+  ns1=$(now_ns) t1=$(cpu_ticks "$SPID")
+  got=${got//[[:space:]]/}
+  if [ "$got" != "$bytes" ]; then
+    fail_server tls "$case" "$name" "moved ${got:-0} bytes, not $bytes" "$WORK/socat.err"
+    return
+  fi
+  local mibs
+  mibs=$(awk -v b="$bytes" -v ns=$((ns1 - ns0)) 'BEGIN {printf "%.1f", b / 1048576 / (ns / 1e9)}')
+  emit tls "$case" "$name" mib_s "$mibs"
+  emit tls "$case" "$name" cpu_ticks_total $((t1 - t0))
+  printf 'round %s/%s  %-4s %-12s %-24s %7s MiB/s  cpu=%s ticks\n' "$ROUND" "$ROUNDS" tls "$case" "$name" "$mibs" $((t1 - t0)) >&2
+}
+tls_listening() { # LO HI: until every port LO..HI listens (a TLS service answers nothing before a
+  # handshake, so `probe wait` cannot tell); 5 s deadline, false at once if the server exits
+  local i
+  for ((i = 0; i < 250; i++)); do
+    [ "$("$PROBE" count "$1" "$2")" = $(($2 - $1 + 1)) ] && return 0
+    alive "$SPID" || break
+    sleep 0.02
+  done
+  echo "ports $1-$2 not listening within 5 s" >"$WORK/wait.err"
+  return 1
+}
+tls_round() {
+  local i name port c order
+  mapfile -t order < <(rotate $((ROUND - 1)) "${TLS_SERVERS[@]}")
+  for name in "${order[@]}"; do
+    wanted "$name" || continue
+    if [ "$name" = stunnel4 ] && [ -z "$STUNNEL" ]; then
+      fail_server tls "handshake" "$name" "stunnel4 is not installed (apt-get install stunnel4)"
+      continue
+    fi
+    for i in "${!TLS_SERVERS[@]}"; do [ "${TLS_SERVERS[$i]}" = "$name" ] && break; done
+    port=$((BASE + 60 + 3 * i))
+    start_tls "$name" "$port"
+    if tls_listening "$port" $((port + 2)); then
+      for c in $CLIENTS; do tls_handshakes "$name" "$port" "$c"; done
+      tls_bulk "$name" download $((port + 1))
+      tls_bulk "$name" upload $((port + 2))
+    else
+      fail_server tls "handshake" "$name" "$(<"$WORK/wait.err")" "$WORK/server.log"
+    fi
+    stop_pid "$SPID"
+    SPID=
+  done
+}
+
 # ---- tables of 10 and 1,000 services: memory, start-up, reload ---------------------------------
 TABLE_SERVERS=(rinetd)
 [ -z "$BASELINE" ] || TABLE_SERVERS+=("rinetd (baseline)")
@@ -502,11 +626,13 @@ meta perf_event "$PERF_EVENT"
 meta perf_note "$PERF_NOTE"
 meta load_avg "$(cut -d' ' -f1-3 /proc/loadavg)"
 if has mem || has startup || has reload; then make_tables; fi
+if has tls; then tls_setup; fi
 
 echo "bench: ${SECTIONS[*]}; $ROUNDS rounds x ${SECS}s; clients $CLIENTS; raw numbers -> $CSV" >&2
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
   if has tcp; then tcp_round; fi
   if has udp; then udp_round; fi
+  if has tls; then tls_round; fi
   if has mem || has startup || has reload; then table_round; fi
 done
 meta load_avg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
