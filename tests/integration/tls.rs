@@ -680,3 +680,146 @@ fn the_metrics_builtin_behind_tls_is_scraped_by_curl_and_counts_failed_handshake
     assert_eq!(accepted.field("builtin"), "metrics");
     assert!(accepted.field("tls").starts_with("TLSv1.3/"));
 }
+
+/// `openssl s_client` to `port`, verifying against `ca.pem`, quiet (stdout is the plaintext),
+/// and ending the session (close_notify) when its stdin ends.
+fn s_client(dir: &TestDir, port: u16) -> Child {
+    Command::new("openssl")
+        .args(["s_client", "-quiet", "-no_ign_eof", "-verify_return_error"])
+        .args(["-CAfile", "ca.pem"])
+        .args(["-servername", "localhost", "-verify_hostname", "localhost"])
+        .args(["-connect", &format!("127.0.0.1:{port}")])
+        .current_dir(&dir.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the openssl CLI is needed by the TLS tests (make deps installs it)")
+}
+
+/// One line from a child's stdout, read byte by byte (nothing after it is consumed).
+fn line_from(child: &mut Child) -> String {
+    let stdout = child.stdout.as_mut().expect("piped stdout");
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while stdout.read(&mut byte).expect("read the client's output") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+#[test]
+fn openssl_s_client_talks_to_a_shell_handler_and_to_the_echo_builtin() {
+    let dir = TestDir::new("tls-s-client");
+    make_localhost(&dir);
+    let greet = dir.script(
+        "greet.sh",
+        "read name\necho \"hello $name over $SSL_PROTOCOL\"",
+    );
+    let tls = tls_value(&dir, "");
+    let daemon = Daemon::start(
+        &dir,
+        &[
+            Service::new("greet", &greet).set("tls", &tls),
+            Service::builtin("echo", "echo").set("tls", &tls),
+        ],
+    );
+
+    let mut greet = s_client(&dir, daemon.port("greet"));
+    greet.stdin.as_mut().unwrap().write_all(b"alice\n").unwrap();
+    assert_eq!(line_from(&mut greet), "hello alice over TLSv1.3");
+    // The handler exited: rinetd's close_notify ends the client with its stdin still open.
+    assert!(wait_child(&mut greet, DEADLINE), "s_client failed");
+
+    let mut echo = s_client(&dir, daemon.port("echo"));
+    for word in ["one", "two", "three"] {
+        echo.stdin
+            .as_mut()
+            .unwrap()
+            .write_all(format!("{word}\n").as_bytes())
+            .unwrap();
+        assert_eq!(line_from(&mut echo), word);
+    }
+    drop(echo.stdin.take());
+    assert!(wait_child(&mut echo, DEADLINE), "s_client failed");
+    daemon.wait_for_line("echo/tcp: closed client=127.0.0.1:");
+}
+
+/// Bytes waiting in the send queue of rinetd's end of established connections to `port`.
+fn queued_from_rinetd(port: u16) -> u64 {
+    let table = fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let state = fields.get(3)?;
+            let tx = u64::from_str_radix(fields.get(4)?.split(':').next()?, 16).ok()?;
+            (local_port == port && *state == "01").then_some(tx)
+        })
+        .sum()
+}
+
+#[test]
+fn a_client_that_never_reads_stops_rinetd_reading_the_handler_and_others_are_served() {
+    let dir = TestDir::new("tls-never-reads");
+    make_localhost(&dir);
+    let flood = dir.script("flood.sh", "exec yes 'a line the client never reads'");
+    let tls = tls_value(&dir, "");
+    let daemon = Daemon::start(
+        &dir,
+        &[
+            Service::new("flood", &flood).set("tls", &tls),
+            Service::builtin("chargen", "chargen").set("tls", &tls),
+            Service::builtin("echo", "echo"),
+        ],
+    );
+    let before = resident_kib(daemon.pid());
+    // Python's ssl: a real client that completes the handshake, then reads nothing until its
+    // stdin closes.
+    let idle = "import socket, ssl, sys\n\
+                context = ssl.create_default_context(cafile='ca.pem')\n\
+                raw = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+                conn = context.wrap_socket(raw, server_hostname='localhost')\n\
+                print('ready', flush=True)\n\
+                sys.stdin.read()\n";
+    let mut clients = Vec::new();
+    for service in ["flood", "chargen"] {
+        let port = daemon.port(service);
+        let mut client = Command::new("python3")
+            .args(["-c", idle, &port.to_string()])
+            .current_dir(&dir.path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        assert_eq!(line_from(&mut client), "ready");
+        // A full send queue that stays the same between two looks: rinetd stopped writing, so
+        // it stopped reading its source (the handler, or the builtin stopped producing).
+        let mut last = 0;
+        wait_until(
+            &format!("rinetd stops sending to the {service} client"),
+            || {
+                let queued = queued_from_rinetd(port);
+                let still = queued == last && queued > 16 << 10;
+                last = queued;
+                still
+            },
+        );
+        clients.push(client);
+    }
+    let held = resident_kib(daemon.pid());
+    assert!(
+        held < before + 8 * 1024,
+        "rinetd grew from {before} KiB to {held} KiB for clients that read nothing"
+    );
+    assert_eq!(daemon.request("echo", "still here\n"), "still here\n");
+    for mut client in clients {
+        drop(client.stdin.take());
+        assert!(wait_child(&mut client, DEADLINE));
+    }
+    // The client went away: the handler's next write fails and it ends.
+    daemon.wait_for_line("flood/tcp: exited pid=");
+    daemon.wait_for_line("chargen/tcp: closed client=");
+}
