@@ -2,7 +2,9 @@
 # `make install` / `make uninstall` (PREFIX, DESTDIR); `make deb` builds a Debian package.
 CARGO ?= cargo
 ETC := $(CURDIR)/etc
-RUN_CONF := $(CURDIR)/target/rinetd-run.conf
+# `make run`'s table: in a folder of its own, mode 0755, whatever the umask (rinetd refuses a
+# table that group or others can write, or that sits in such a folder).
+RUN_DIR ?= $(CURDIR)/target/run
 
 # Where `make install` puts things: PREFIX=/usr for a distribution, DESTDIR to stage.
 PREFIX ?= /usr/local
@@ -37,7 +39,7 @@ DEB_DATE := $(shell git log -1 --format=%aD 2>/dev/null || date -R)
 INSTALL_PATHS := sed -e 's\#/usr/sbin/rinetd\#$(SBINDIR)/rinetd\#g' -e 's\#/etc/rinetd.conf\#$(SYSCONFDIR)/rinetd.conf\#g'
 EXAMPLES := $(DOCDIR)/examples
 
-.PHONY: all build release run test check deps fmt clippy bench clean install uninstall deb
+.PHONY: all build release run run-config test check deps fmt clippy bench clean install uninstall deb
 
 all: build
 
@@ -47,14 +49,18 @@ build:
 release: build
 
 # The sample table names its handlers relative to etc/; `server` must be absolute, so the
-# paths are filled in here.
-$(RUN_CONF): etc/rinetd.conf
-	@mkdir -p $(dir $@)
-	sed 's#@ETC@#$(ETC)#g' etc/rinetd.conf > $@
+# paths are filled in here. Run as root, the table says `user: root` itself: the handlers run as
+# root because you asked for it, not by default (which rinetd warns about).
+run-config:
+	@install -d -m 755 $(RUN_DIR) && chmod 755 $(RUN_DIR)
+	@sed 's#@ETC@#$(ETC)#g' etc/rinetd.conf \
+		| if [ "$$(id -u)" = 0 ]; then sed 's/^defaults:$$/defaults:\n  user: root   # make run as root: said, not defaulted/'; else cat; fi \
+		> $(RUN_DIR)/rinetd.conf.new
+	@chmod 644 $(RUN_DIR)/rinetd.conf.new && mv $(RUN_DIR)/rinetd.conf.new $(RUN_DIR)/rinetd.conf
 
-run: build $(RUN_CONF)
-	@echo "rinetd: serving etc/rinetd.conf; try:  nc 127.0.0.1 8080,  nc 127.0.0.1 8081,  or  nc 127.0.0.1 8007 (echo)   (Ctrl-C stops)"
-	./target/release/rinetd -f -c $(RUN_CONF)
+run: build run-config
+	@echo "rinetd: serving etc/rinetd.conf (Ctrl-C stops). Try:  nc -d 127.0.0.1 8080   nc -d 127.0.0.1 8081   nc -N 127.0.0.1 8007 (echo: Ctrl-D ends)"
+	./target/release/rinetd -f -c $(RUN_DIR)/rinetd.conf
 
 fmt:
 	$(CARGO) fmt --all -- --check

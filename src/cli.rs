@@ -22,7 +22,11 @@ pub enum Format {
 #[command(
     name = "rinetd",
     version,
-    about,
+    about = "An inetd-style superserver: serves a YAML table of services, a handler per \
+             connection; runs an inetd.conf as it is (--format inetd) and converts inetd and \
+             xinetd files (rinetd convert)",
+    after_help = "The table's keys: rinetd.conf(5). Signals, the handler's environment, logging \
+                  and exit codes: rinetd(8). In a source tree: man -l man/rinetd.8",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {

@@ -410,6 +410,11 @@ pub fn service_status(
     );
 }
 
+/// `1 service`, `2 services`: a count for people to read (key=value fields stay bare numbers).
+pub fn counted(count: usize, singular: &str, plural: &str) -> String {
+    format!("{count} {}", if count == 1 { singular } else { plural })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

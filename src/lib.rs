@@ -176,7 +176,8 @@ pub fn main() -> ExitCode {
                     return dump(&loaded.table);
                 }
                 let count = loaded.table.services.len();
-                println!("{}: OK, {count} services", given.display());
+                let services = events::counted(count, "service", "services");
+                println!("{}: OK, {services}", given.display());
                 ExitCode::SUCCESS
             }
             Err(errors) => config_failure(&errors),

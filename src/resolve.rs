@@ -144,10 +144,9 @@ pub fn resolve(
             }
             None => None,
         };
-        let runs_as_root = identity
-            .as_ref()
-            .map_or(host.euid == 0, |i| i.credentials.uid == 0);
-        if runs_as_root && !spec.disabled && program.is_some() {
+        // `user: root` written out is a choice; only root by default deserves the warning.
+        let root_by_default = identity.is_none() && spec.user.is_none() && host.euid == 0;
+        if root_by_default && !spec.disabled && program.is_some() {
             as_root.push(&spec.name);
         }
         let Some(port) = port.filter(|_| errors.len() == before && !spec.disabled) else {
@@ -202,7 +201,9 @@ fn root_warning(file: &str, names: &[&str]) -> String {
     if names.len() > shown {
         list.push_str(&format!(" and {} more", names.len() - shown));
     }
-    format!("{file}: handlers would run as root (set \"user\"): {list}")
+    format!(
+        "{file}: handlers would run as root by default (set \"user\", or \"user: root\" to say so): {list}"
+    )
 }
 
 /// What stands in the way of exec'ing a script whose `#!` line the kernel cannot follow: an

@@ -24,8 +24,9 @@ impl Server {
             }
         }
         let mut line = format!(
-            "serving {services} services on {} sockets",
-            self.listeners.bound_count()
+            "serving {} on {}",
+            events::counted(services, "service", "services"),
+            events::counted(self.listeners.bound_count(), "socket", "sockets")
         );
         if !unbound.is_empty() {
             let shown = unbound.len().min(10);

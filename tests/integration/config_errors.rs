@@ -846,7 +846,7 @@ fn handlers_that_would_run_as_root_make_one_warning_not_one_per_service() {
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(
         warnings[0].ends_with(
-            "handlers would run as root (set \"user\"): s00, s01, s02, s03, s04, s05, s06, s07, s08, s09 and 15 more"
+            "handlers would run as root by default (set \"user\", or \"user: root\" to say so): s00, s01, s02, s03, s04, s05, s06, s07, s08, s09 and 15 more"
         ),
         "{text}"
     );
@@ -1086,7 +1086,7 @@ fn config_permission_check_can_be_raced_by_swapping_a_symlink() {
         let text = all_output(&check_config(&link));
         let outcome = if text.contains("OK, 2 services") {
             "read the file nobody owns"
-        } else if text.contains("OK, 1 services") {
+        } else if text.contains("OK, 1 service\n") {
             "good"
         } else {
             "refused"

@@ -200,7 +200,7 @@ fn settings_without_an_equivalent_are_warnings_naming_the_line() {
     let output = check_inetd(&conf);
     let text = all_output(&output);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("OK, 1 services"), "{text}");
+    assert!(text.contains("OK, 1 service\n"), "{text}");
     let shown = conf.display();
     assert!(
         text.contains(&format!(

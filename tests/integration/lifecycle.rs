@@ -40,7 +40,7 @@ fn sd_notify_ready_reloading_and_stopping() {
     let mut daemon = Daemon::spawn(command);
     assert_eq!(
         next_notification(&listener),
-        "READY=1\nSTATUS=serving 1 services on 1 sockets"
+        "READY=1\nSTATUS=serving 1 service on 1 socket"
     );
     signal(&daemon, Signal::SIGHUP);
     let reloading = next_notification(&listener);
@@ -50,7 +50,7 @@ fn sd_notify_ready_reloading_and_stopping() {
     );
     assert_eq!(
         next_notification(&listener),
-        "READY=1\nSTATUS=serving 1 services on 1 sockets"
+        "READY=1\nSTATUS=serving 1 service on 1 socket"
     );
     daemon.stop();
     assert_eq!(next_notification(&listener), "STOPPING=1");
@@ -340,7 +340,7 @@ fn sd_notify_status_names_the_services_not_bound_yet_and_the_watchdog_is_fed() {
     let _daemon = Daemon::spawn(command);
     assert_eq!(
         next_notification(&listener),
-        "READY=1\nSTATUS=serving 2 services on 1 sockets; not bound yet: busy"
+        "READY=1\nSTATUS=serving 2 services on 1 socket; not bound yet: busy"
     );
     for _ in 0..3 {
         assert_eq!(next_notification(&listener), "WATCHDOG=1");

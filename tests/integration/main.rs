@@ -20,6 +20,7 @@ mod inetd_format;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod newcomer;
 mod packaging;
 mod privileges;
 mod proxy_protocol;
