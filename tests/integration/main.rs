@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod newcomer;
+mod overload;
 mod packaging;
 mod privileges;
 mod proxy_protocol;
