@@ -39,7 +39,7 @@ DEB_DATE := $(shell git log -1 --format=%aD 2>/dev/null || date -R)
 INSTALL_PATHS := sed -e 's\#/usr/sbin/rinetd\#$(SBINDIR)/rinetd\#g' -e 's\#/etc/rinetd.conf\#$(SYSCONFDIR)/rinetd.conf\#g'
 EXAMPLES := $(DOCDIR)/examples
 
-.PHONY: all build release run run-config test check deps fmt clippy bench clean install uninstall deb
+.PHONY: all build release run run-config run-supervised test check deps fmt clippy bench clean install uninstall deb
 
 all: build
 
@@ -57,6 +57,14 @@ run-config:
 		| if [ "$$(id -u)" = 0 ]; then sed 's/^defaults:$$/defaults:\n  user: root   # make run as root: said, not defaulted/'; else cat; fi \
 		> $(RUN_DIR)/rinetd.conf.new
 	@chmod 644 $(RUN_DIR)/rinetd.conf.new && mv $(RUN_DIR)/rinetd.conf.new $(RUN_DIR)/rinetd.conf
+
+run-supervised: build run-config
+	@sed 's#@ETC@#$(ETC)#g' etc/supervised.conf \
+		| if [ "$$(id -u)" = 0 ]; then sed 's/^services:$$/defaults:\n  user: root   # make run as root: said, not defaulted\nservices:/'; else cat; fi \
+		> $(RUN_DIR)/supervised.conf.new
+	@chmod 644 $(RUN_DIR)/supervised.conf.new && mv $(RUN_DIR)/supervised.conf.new $(RUN_DIR)/supervised.conf
+	@echo "rinetd: serving etc/supervised.conf (Ctrl-C stops). Try:  nc -d 127.0.0.1 8090, kill the daemon's pid and try again"
+	./target/release/rinetd -f -c $(RUN_DIR)/supervised.conf
 
 run: build run-config
 	@echo "rinetd: serving etc/rinetd.conf (Ctrl-C stops). Try:  nc -d 127.0.0.1 8080   nc -d 127.0.0.1 8081   nc -N 127.0.0.1 8007 (echo: Ctrl-D ends)"
@@ -129,9 +137,10 @@ install: $(BUILD_FIRST)
 	if [ -n "$(OPENRCDIR)" ]; then install -d $(DESTDIR)$(OPENRCDIR) && \
 		install -m 755 $(DESTDIR)$(EXAMPLES)/rinetd.openrc $(DESTDIR)$(OPENRCDIR)/rinetd; fi
 	chmod 644 $(DESTDIR)$(EXAMPLES)/rinetd.openrc
-	install -m 755 etc/handlers/*.sh $(DESTDIR)$(EXAMPLES)/handlers/
+	install -m 755 etc/handlers/*.sh etc/handlers/*.py $(DESTDIR)$(EXAMPLES)/handlers/
 	sed 's#@ETC@#$(EXAMPLES)#g' etc/rinetd.conf > $(DESTDIR)$(EXAMPLES)/rinetd.conf
-	chmod 644 $(DESTDIR)$(EXAMPLES)/rinetd.conf
+	sed 's#@ETC@#$(EXAMPLES)#g' etc/supervised.conf > $(DESTDIR)$(EXAMPLES)/supervised.conf
+	chmod 644 $(DESTDIR)$(EXAMPLES)/rinetd.conf $(DESTDIR)$(EXAMPLES)/supervised.conf
 	install -m 644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
 	# An edited table is never overwritten.
 	if [ -e $(DESTDIR)$(SYSCONFDIR)/rinetd.conf ]; then \

@@ -339,3 +339,81 @@ fn systemd_socket_proxyd_under_respawn_serves_a_client_across_restarts() {
         crate::harness::process_status(second.pid()).is_some()
     });
 }
+
+#[test]
+fn the_status_dump_and_metrics_show_a_backing_off_program_with_its_restarts_and_last_exit() {
+    let dir = TestDir::new("respawn-status");
+    let crash = program(&dir, "crash", "exit 3").set("respawn_max_delay", "30s");
+    let keeper = program(&dir, "keeper", "exec sleep 1000");
+    let metrics = Service::builtin("metrics", "metrics");
+    let daemon = Daemon::start(&dir, &[crash, keeper, metrics]);
+    // Two failures: the program now waits 2 s before its third start.
+    let first = daemon.wait_for_line("crash/none: exited pid=");
+    let second = daemon.wait_for_line_after(&first, "crash/none: exited pid=");
+    assert_eq!(second.field("restart_in"), "2s");
+    let running = daemon.wait_for_line("keeper/none: started pid=");
+    signal(daemon.pid(), Signal::SIGUSR1);
+    let status = daemon.wait_for_line_after(&second, "crash/none: status state=");
+    assert_eq!(status.field("state"), "backing_off", "{}", status.text);
+    assert_eq!(status.field("restarts"), "1");
+    assert_eq!(status.field("last_exit"), "3");
+    let left: f64 = status
+        .field("for")
+        .trim_end_matches('s')
+        .parse()
+        .expect("for= is a duration in seconds");
+    assert!(left > 0.0 && left <= 2.0, "{}", status.text);
+    let keeper = daemon.wait_for_line_after(&second, "keeper/none: status state=");
+    assert_eq!(keeper.field("state"), "running");
+    assert_eq!(keeper.pid(), running.pid());
+
+    let scrape =
+        crate::harness::exchange(daemon.connect("metrics"), "GET /metrics HTTP/1.0\r\n\r\n");
+    let restarts = scrape
+        .lines()
+        .find(|line| {
+            line.starts_with("rinetd_service_restarts_total{") && line.contains("\"crash\"")
+        })
+        .unwrap_or_else(|| panic!("no restarts for crash in:\n{scrape}"));
+    assert!(restarts.ends_with(" 1"), "{restarts}");
+    let up = scrape
+        .lines()
+        .find(|line| line.starts_with("rinetd_service_up{") && line.contains("\"keeper\""))
+        .unwrap();
+    assert!(up.ends_with(" 1"), "{up}");
+}
+
+#[test]
+fn the_supervised_example_in_etc_serves_across_a_restart_of_its_daemon() {
+    let dir = TestDir::new("respawn-etc-example");
+    let etc = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc");
+    let port = crate::harness::free_port_on_both_families();
+    let table = std::fs::read_to_string(etc.join("supervised.conf"))
+        .unwrap()
+        .replace("@ETC@", &etc.display().to_string())
+        .replace("port: 8090\n", &format!("port: {port}\n"));
+    let daemon = Daemon::spawn(Daemon::command(&dir.config(&table)));
+    // notify: true: rinetd was ready only after the daemon said READY=1.
+    let ready = daemon.wait_for_line("hello-daemon/tcp: ready pid=");
+    assert!(daemon.wait_for_line("ready services=2").index > ready.index);
+    daemon.wait_for_line("ticker/none: stdout pid=");
+    let address = (Ipv4Addr::LOCALHOST, port).into();
+    let first = crate::harness::read_to_eof(&mut connect(address));
+    assert_eq!(
+        first,
+        format!("hello from the daemon, pid {}\n", ready.pid())
+    );
+    signal(ready.pid(), Signal::SIGKILL);
+    // Connected once the daemon is gone and before the next one starts (1 s later): the client
+    // waits in the backlog of the socket rinetd kept, and the next daemon serves it.
+    let exited = daemon.wait_for_line(&format!("hello-daemon/tcp: exited pid={}", ready.pid()));
+    assert_eq!(exited.field("restart_in"), "1s");
+    let answer = crate::harness::read_to_eof(&mut connect(address));
+    let next = daemon.wait_for_line_after(&ready, "hello-daemon/tcp: started pid=");
+    assert_eq!(
+        answer,
+        format!("hello from the daemon, pid {}\n", next.pid()),
+        "{}",
+        daemon.lines().join("\n")
+    );
+}

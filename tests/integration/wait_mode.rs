@@ -347,3 +347,22 @@ fn udp_wait_unread_trigger_is_dropped_after_a_handler_turned_on_ip_pktinfo() {
         "a handler was restarted for a datagram already dropped"
     );
 }
+
+#[test]
+fn a_wait_handler_that_keeps_failing_waits_1_then_2_then_4_seconds() {
+    let dir = TestDir::new("tcp-wait-doubling");
+    let service = Service::new("lazy", std::path::Path::new("/bin/false")).set("wait", "true");
+    let daemon = Daemon::start(&dir, &[service]);
+    let _client = daemon.connect("lazy");
+    let mut after = daemon.wait_for_line("lazy/tcp: wait handler failed error=");
+    let mut delays = vec![after.field("backoff")];
+    for _ in 0..2 {
+        after = daemon.wait_for_line_after_within(
+            &after,
+            "lazy/tcp: wait handler failed error=",
+            std::time::Duration::from_secs(15),
+        );
+        delays.push(after.field("backoff"));
+    }
+    assert_eq!(delays, ["1s", "2s", "4s"]);
+}
