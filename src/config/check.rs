@@ -123,6 +123,7 @@ pub fn parse_partial(
     let complete = complete && !top.misspelt("services");
     table.services = checker.services(top.get("services"), complete, &defaults);
     let mut errors = checker.errors;
+    let mut names = checker.names;
     let patterns = match top.get("include") {
         Some(node) => {
             let mut list_checker = Checker::new(file);
@@ -146,33 +147,34 @@ pub fn parse_partial(
                     let services = checker.included(&included, &defaults);
                     table.services.extend(services);
                     errors.extend(checker.errors);
+                    names.extend(checker.names);
                     table.files.push(path);
                 }
             }
         }
     }
-    errors.extend(duplicate_names(&table.services));
+    errors.extend(duplicate_names(&names));
     super::sort_errors(&mut errors, &table.files);
     (table, errors)
 }
 
 /// Names are unique over the whole table, included files too.
-fn duplicate_names(services: &[ServiceSpec]) -> Vec<ConfigError> {
-    let mut first: HashMap<&str, &ServiceSpec> = HashMap::new();
+fn duplicate_names(names: &[Named]) -> Vec<ConfigError> {
+    let mut first: HashMap<&str, &Named> = HashMap::new();
     let mut errors = Vec::new();
-    for service in services {
-        match first.get(service.name.as_str()) {
+    for named in names {
+        match first.get(named.name.as_str()) {
             Some(earlier) => errors.push(ConfigError {
-                file: service.file.clone(),
-                pos: Some(service.pos),
-                service: Some(service.name.clone()),
+                file: named.file.clone(),
+                pos: Some(named.pos),
+                service: Some(named.name.clone()),
                 message: format!(
                     "duplicate service name (first defined at {}:{})",
                     earlier.file, earlier.pos.line
                 ),
             }),
             None => {
-                first.insert(&service.name, service);
+                first.insert(&named.name, named);
             }
         }
     }
@@ -378,6 +380,16 @@ impl Shape {
 struct Checker<'a> {
     file: &'a str,
     errors: Vec<ConfigError>,
+    /// Every service entry's name and place, those with mistakes too: a duplicate name is
+    /// reported in the same run as the mistakes of either entry.
+    names: Vec<Named>,
+}
+
+/// A service name as written, and where.
+struct Named {
+    name: String,
+    file: String,
+    pos: Pos,
 }
 
 impl<'a> Checker<'a> {
@@ -385,6 +397,7 @@ impl<'a> Checker<'a> {
         Checker {
             file,
             errors: Vec::new(),
+            names: Vec::new(),
         }
     }
 
@@ -633,6 +646,11 @@ impl<'a> Checker<'a> {
                             "key \"name\": must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}",
                         );
                     }
+                    self.names.push(Named {
+                        name: name.clone(),
+                        file: self.file.to_string(),
+                        pos: entry_pos,
+                    });
                     name
                 }
                 None => label.clone(),

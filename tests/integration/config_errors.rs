@@ -629,6 +629,37 @@ fn check_reports_every_error_not_just_the_first() {
     assert!(text.contains(&format!("{path}:8:")), "{text}");
 }
 
+/// A duplicate name used to be found only among entries without mistakes: a second entry that
+/// reused a name and also misspelt a key hid the duplicate until the key was fixed.
+#[test]
+fn a_duplicate_name_on_an_entry_with_another_mistake_was_reported_only_in_a_second_run() {
+    let (dir, server) = dir_with_handlers("duplicate-with-mistake");
+    let config = dir.config(&format!(
+        "services:
+  - name: web
+    port: 0
+    server: {server}
+  - name: web
+    port: 0
+    protocl: tcp
+    server: {server}
+"
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(EX_CONFIG), "{text}");
+    let path = config.display();
+    assert!(
+        text.contains(&format!(
+            "{path}:5:5: service \"web\": duplicate service name (first defined at {path}:2)"
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "{path}:7:5: service \"web\": unknown key \"protocl\""
+    )));
+}
+
 /// The table of issue 9: eight mistakes of eight kinds in eight services. serde stopped at the
 /// first; every one is reported in one run, in line order, each at its own line and column.
 #[test]
