@@ -144,8 +144,9 @@ pub fn resolve(
             }
             None => None,
         };
-        // `user: root` written out is a choice; only root by default deserves the warning.
-        let root_by_default = identity.is_none() && spec.user.is_none() && host.euid == 0;
+        // `user: root` written out is a choice; only root by default deserves the warning
+        // (a `group` alone leaves the user rinetd's own).
+        let root_by_default = spec.user.is_none() && host.euid == 0;
         if root_by_default && !spec.disabled && program.is_some() {
             as_root.push(&spec.name);
         }

@@ -47,6 +47,12 @@ impl PlainBuiltin {
         self.render
     }
 
+    /// `metrics`: its request head is not in yet (it has HEAD_DEADLINE for that, as without
+    /// TLS).
+    pub fn awaits_request(&self) -> bool {
+        self.kind == Builtin::Metrics && !self.answered && !self.render
+    }
+
     /// `metrics`: the exposition for the `GET` that came.
     pub fn answer(&mut self, body: &str) {
         self.reply(Request::Get, body);

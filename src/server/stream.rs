@@ -26,7 +26,7 @@ use crate::spawn::{OutputPipe, Stdio, address_vars};
 /// How long a client behind `proxy_protocol: true` has to send its header.
 const PROXY_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a client of the `metrics` builtin has to send its request head.
-const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+pub(super) const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections one client (its `source_prefix` group) may have waiting for their PROXY header.
 const WAITING_PER_SOURCE: u32 = 32;
 /// Connections still sending their PROXY header may hold at most this share of a service's

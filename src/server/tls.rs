@@ -11,10 +11,11 @@ use std::time::{Instant, SystemTime};
 use mio::{Interest, Token};
 use socket2::Socket;
 
-use super::children::Role;
+use super::children::{RESOURCE_BACKOFF, Role};
+use super::stream::HEAD_DEADLINE;
 use super::table::{ServiceId, Slot};
 use super::timers::TimerId;
-use super::{Server, SourceKind, Timer};
+use super::{Server, SourceKind, Timer, is_resource_exhaustion};
 use crate::builtin::plain::PlainBuiltin;
 use crate::config::Builtin;
 use crate::events;
@@ -183,6 +184,12 @@ impl Server {
                 connection.builtin = Some(builtin);
                 let plain = PlainBuiltin::new(builtin, SystemTime::now());
                 connection.session.attach(Plain::Builtin(plain));
+                // `metrics`: the request head has its 5 s, as without TLS.
+                if builtin == Builtin::Metrics {
+                    let at = Instant::now() + HEAD_DEADLINE;
+                    let timer = self.timers.schedule(at, Timer::HeadDeadline(token));
+                    connection.deadline = Some(timer);
+                }
             }
             return;
         }
@@ -191,13 +198,26 @@ impl Server {
             _ => Vec::new(),
         };
         vars.extend(info.env());
-        let pair = service_socketpair();
-        let pipe = self.take_pipe(id);
-        let (Ok((ours, theirs)), Some(pipe), Some(slot)) = (
-            pair,
-            pipe,
-            self.streams.tls_mut(token).and_then(|c| c.slot.take()),
-        ) else {
+        // Each failure closes the connection with its slot still in it: close_tls gives it
+        // back (a slot dropped anywhere else would hold its place in max_children for good).
+        let (ours, theirs) = match service_socketpair() {
+            Ok(pair) => pair,
+            Err(err) => {
+                if is_resource_exhaustion(&err) {
+                    self.back_off(id, RESOURCE_BACKOFF, "accept failed", &err);
+                } else {
+                    events::cannot_serve(&label, &err);
+                }
+                self.close_tls(token, None);
+                return;
+            }
+        };
+        let Some(pipe) = self.take_pipe(id) else {
+            self.close_tls(token, None);
+            return;
+        };
+        let Some(slot) = self.streams.tls_mut(token).and_then(|c| c.slot.take()) else {
+            self.children.put_back_pipe(pipe);
             self.close_tls(token, None);
             return;
         };
@@ -266,15 +286,21 @@ impl Server {
         }
     }
 
-    /// The handshake did not end within `handshake_timeout`.
+    /// The handshake did not end within `handshake_timeout`, or a `metrics` request head not
+    /// within HEAD_DEADLINE.
     pub(super) fn tls_deadline(&mut self, token: Token) {
-        let handshaking = self
-            .streams
-            .tls_mut(token)
-            .is_some_and(|c| c.session.is_handshaking());
-        if handshaking {
+        let Some(connection) = self.streams.tls_mut(token) else {
+            return;
+        };
+        connection.deadline = None;
+        if connection.session.is_handshaking() {
             let reason = "no handshake within the handshake_timeout".to_string();
             self.close_tls(token, Some(Ending::HandshakeFailed(reason)));
+        } else if matches!(
+            connection.session.service(),
+            Some(Plain::Builtin(builtin)) if builtin.awaits_request()
+        ) {
+            self.close_tls(token, None);
         }
     }
 }

@@ -1152,3 +1152,24 @@ fn the_same_port_overlap_check_is_quadratic() {
     );
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn a_group_without_a_user_still_runs_handlers_as_root_and_is_warned_about() {
+    if !is_root() {
+        eprintln!("skipped: the root-handler warning only exists when rinetd runs as root");
+        return;
+    }
+    let (dir, server) = dir_with_handlers("root-warning-group");
+    let yaml = format!(
+        "services:\n  - {{name: grouped, port: 0, server: {server}, group: 65534}}\n  - {{name: chosen, port: 0, server: {server}, user: root}}\n"
+    );
+    let output = check_config(&dir.config(&yaml));
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    // `group` alone leaves the user rinetd's own: root, by default, not by choice.
+    assert!(
+        text.lines().any(|l| l.starts_with("rinetd: warning:")
+            && l.ends_with("handlers would run as root by default (set \"user\", or \"user: root\" to say so): grouped")),
+        "{text}"
+    );
+}

@@ -823,3 +823,194 @@ fn a_client_that_never_reads_stops_rinetd_reading_the_handler_and_others_are_ser
     daemon.wait_for_line("flood/tcp: exited pid=");
     daemon.wait_for_line("chargen/tcp: closed client=");
 }
+
+/// A Python ssl client of `port` that completes the handshake, says `ready`, then sends each
+/// line of its stdin over TLS and never reads what comes back.
+fn deaf_client(dir: &TestDir, port: u16) -> Child {
+    let deaf = "import socket, ssl, sys\n\
+                context = ssl.create_default_context(cafile='ca.pem')\n\
+                raw = socket.socket()\n\
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)\n\
+                raw.connect(('127.0.0.1', int(sys.argv[1])))\n\
+                conn = context.wrap_socket(raw, server_hostname='localhost')\n\
+                print('ready', flush=True)\n\
+                for line in sys.stdin:\n\
+                \x20   conn.sendall(line.encode())\n\
+                \x20   print('sent', flush=True)\n";
+    let mut client = Command::new("python3")
+        .args(["-c", deaf, &port.to_string()])
+        .current_dir(&dir.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    assert_eq!(line_from(&mut client), "ready");
+    client
+}
+
+/// Waits until rinetd's send queue toward the clients of `port` is full and stays so.
+fn wait_until_rinetd_stops_sending(port: u16) {
+    let mut last = 0;
+    wait_until("rinetd stops sending to the client", || {
+        let queued = queued_from_rinetd(port);
+        let still = queued == last && queued > 16 << 10;
+        last = queued;
+        still
+    });
+}
+
+/// Connections to `port` established on rinetd's side.
+fn established_at(port: u16) -> usize {
+    let table = fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|f| u16::from_str_radix(f.rsplit(':').next()?, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+/// Known defect, not fixed here: once its handler is gone, a TLS connection whose client reads
+/// nothing is kept by rinetd for ever: no timer, and no longer counted in max_children (the
+/// slot left with the handler), so such connections pile up without bound (descriptors,
+/// kernel buffers, ~100 KiB of rinetd's memory each). A plain TCP handler's socket would be
+/// the kernel's orphan, bounded and timed out. What the test expects (closed within the
+/// handshake_timeout once the handler is gone and nothing moves) is one possible policy.
+#[test]
+#[ignore = "known defect: a TLS connection outlives its handler for ever when its client does not read"]
+fn a_connection_whose_handler_is_gone_and_whose_client_reads_nothing_is_not_kept_for_ever() {
+    let dir = TestDir::new("tls-gone-deaf");
+    make_localhost(&dir);
+    let flood = dir.script("flood.sh", "exec yes 'a line the client never reads'");
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::new("flood", &flood)
+            .set("tls", &tls_value(&dir, "handshake_timeout: 1s"))
+            .set("max_children", "1")],
+    );
+    let port = daemon.port("flood");
+    let mut client = deaf_client(&dir, port);
+    let accepted = daemon.wait_for_line("flood/tcp: accepted client=");
+    wait_until_rinetd_stops_sending(port);
+    // The handler dies (as at its `timeout`) with output still queued toward the client.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(accepted.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    daemon.exited("flood", &accepted);
+    wait_until("rinetd lets go of the connection", || {
+        established_at(port) == 0
+    });
+    drop(client.stdin.take());
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
+/// Lowers rinetd's soft RLIMIT_NOFILE to leave exactly `free` descriptors it can open (its
+/// open ones counted by number); returns the limit it had, for `restore_nofile`.
+fn leave_free_descriptors(pid: i32, free: usize) -> libc::rlimit {
+    let mut open: Vec<usize> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    open.sort_unstable();
+    let mut limit = 0;
+    let mut available = 0;
+    while available < free || open.contains(&limit) {
+        if !open.contains(&limit) {
+            available += 1;
+        }
+        limit += 1;
+    }
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, both valid for the call.
+    let ok = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let ok = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
+fn restore_nofile(pid: i32, old: libc::rlimit) {
+    // SAFETY: prlimit reads `old`, valid for the call.
+    let ok = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
+    assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn out_of_descriptors_for_the_socketpair_gives_the_place_back() {
+    let dir = TestDir::new("tls-emfile");
+    make_localhost(&dir);
+    let env = env_over_http(&dir);
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::new("https", &env)
+            .set("tls", &tls_value(&dir, ""))
+            .set("max_children", "1")],
+    );
+    let port = daemon.port("https");
+    // One descriptor left: enough to accept, not for the handler's socketpair.
+    let old = leave_free_descriptors(daemon.pid(), 1);
+    let starved = curl(&dir, "localhost", port, "ca.pem", &[]);
+    restore_nofile(daemon.pid(), old);
+    assert!(!starved.status.success(), "served without a socketpair?");
+    // Its place in max_children is free again: the next client is served.
+    let served = stdout(&curl(&dir, "localhost", port, "ca.pem", &[]));
+    assert_eq!(var(&served, "SSL_PROTOCOL"), Some("TLSv1.3"));
+    // And the reason it was not served is in the log.
+    let failed = daemon.wait_for_line("https/tcp: accept failed error=");
+    assert!(
+        failed.field("error").contains("Too many open files"),
+        "{}",
+        failed.field("error")
+    );
+}
+
+#[test]
+fn a_silent_client_of_the_metrics_builtin_behind_tls_is_closed_after_5_s_as_without_tls() {
+    let dir = TestDir::new("tls-metrics-silent");
+    make_localhost(&dir);
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::builtin("metrics", "metrics")
+            .set("tls", &tls_value(&dir, ""))
+            .set("max_children", "1")],
+    );
+    // Completes the handshake, sends no request, and says how the wait for an answer ended.
+    let silent = "import socket, ssl, sys\n\
+                  context = ssl.create_default_context(cafile='ca.pem')\n\
+                  raw = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+                  conn = context.wrap_socket(raw, server_hostname='localhost')\n\
+                  print('ready', flush=True)\n\
+                  conn.settimeout(9)\n\
+                  try:\n\
+                  \x20   print('closed' if conn.recv(1) == b'' else 'answered', flush=True)\n\
+                  except (ssl.SSLEOFError, ConnectionResetError):\n\
+                  \x20   print('closed', flush=True)\n\
+                  except TimeoutError:\n\
+                  \x20   print('still open', flush=True)\n";
+    let mut client = Command::new("python3")
+        .args(["-c", silent, &daemon.port("metrics").to_string()])
+        .current_dir(&dir.path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    assert_eq!(line_from(&mut client), "ready");
+    // The request head has 5 s (rinetd.conf(5), "The metrics builtin"), TLS or not.
+    assert_eq!(line_from(&mut client), "closed");
+    let _ = client.wait();
+    daemon.wait_for_line("metrics/tcp: closed client=127.0.0.1:");
+}
