@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::{Interest, Token};
 use socket2::Socket;
@@ -75,6 +75,12 @@ pub struct TlsConnection {
     /// Served by a builtin (its close is logged; a handler's exit is).
     builtin: Option<Builtin>,
     started: Instant,
+    /// `handshake_timeout`: also how long a client may take nothing of the output a handler
+    /// that is gone left behind.
+    stall_limit: Duration,
+    /// While output waits for the client: `sent_to_client` when `deadline` was set to look
+    /// again (no progress by then, and a handler gone, ends the connection).
+    stall_mark: Option<u64>,
 }
 
 impl TlsConnection {
@@ -128,6 +134,8 @@ impl Server {
             service_token: None,
             builtin: None,
             started: Instant::now(),
+            stall_limit: tls.settings.handshake_timeout,
+            stall_mark: None,
         };
         self.streams.insert_tls(token, connection);
         self.runnable.push_back(token);
@@ -163,6 +171,23 @@ impl Server {
             }
             self.runnable.push_back(token);
         }
+        self.watch_stall(token);
+    }
+
+    /// Output waits for the client: look again in `stall_limit` whether it took any. A handler
+    /// blocked by a client that does not read is pushed back on (its `timeout` is the bound),
+    /// but once the handler is gone nothing else would ever end such a connection; it no
+    /// longer counts in `max_children` either (the slot left with the handler).
+    fn watch_stall(&mut self, token: Token) {
+        let Some(connection) = self.streams.tls_mut(token) else {
+            return;
+        };
+        if connection.deadline.is_some() || !connection.session.output_waiting() {
+            return;
+        }
+        let at = Instant::now() + connection.stall_limit;
+        connection.stall_mark = Some(connection.session.sent_to_client());
+        connection.deadline = Some(self.timers.schedule(at, Timer::HeadDeadline(token)));
     }
 
     /// The handshake is done: start the handler (on a socketpair) or the builtin behind it.
@@ -301,6 +326,18 @@ impl Server {
             Some(Plain::Builtin(builtin)) if builtin.awaits_request()
         ) {
             self.close_tls(token, None);
+        } else if let Some(mark) = connection.stall_mark.take() {
+            let session = &connection.session;
+            let stalled = session.output_waiting() && session.sent_to_client() == mark;
+            if stalled && session.service_hung_up() {
+                let reason = format!(
+                    "the handler is gone and the client took none of its output for {}",
+                    events::Configured(connection.stall_limit)
+                );
+                self.close_tls(token, Some(Ending::Failed(reason)));
+            } else {
+                self.watch_stall(token);
+            }
         }
     }
 }

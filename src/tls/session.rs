@@ -230,6 +230,9 @@ pub struct TlsSession<S> {
     close_notify_queued: bool,
     client_write_shut: bool,
     transferred: Transferred,
+    /// TLS bytes written to the client so far: whether a client that has output waiting takes
+    /// any of it.
+    sent_to_client: u64,
 }
 
 impl<S: PlaintextService> TlsSession<S> {
@@ -255,6 +258,7 @@ impl<S: PlaintextService> TlsSession<S> {
             close_notify_queued: false,
             client_write_shut: false,
             transferred: Transferred::default(),
+            sent_to_client: 0,
         })
     }
 
@@ -282,6 +286,21 @@ impl<S: PlaintextService> TlsSession<S> {
     /// The service, for the loop to give a builtin what it asked for.
     pub fn service_mut(&mut self) -> Option<&mut S> {
         self.service.as_mut()
+    }
+
+    /// TLS bytes written to the client so far.
+    pub fn sent_to_client(&self) -> u64 {
+        self.sent_to_client
+    }
+
+    /// Output for the client is waiting (in the session or in rustls) after the handshake.
+    pub fn output_waiting(&self) -> bool {
+        self.handshake_reported && (!self.toward_client.is_empty() || self.tls.wants_write())
+    }
+
+    /// The service is gone altogether (a handler whose every copy of the socketpair closed).
+    pub fn service_hung_up(&self) -> bool {
+        self.service.as_ref().is_some_and(PlaintextService::hung_up)
     }
 
     #[cfg(test)]
@@ -370,7 +389,10 @@ impl<S: PlaintextService> TlsSession<S> {
         while self.tls.wants_write() && !turn.spent() {
             match self.tls.write_tls(&mut self.client) {
                 Ok(0) => break,
-                Ok(n) => turn.moved(n),
+                Ok(n) => {
+                    self.sent_to_client += n as u64;
+                    turn.moved(n);
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(self.failure(format!("writing to the client: {err}"))),
