@@ -177,3 +177,23 @@ bench: build
 .PHONY: bench-quick
 bench-quick: build
 	bench/run.sh --quick $(BENCH_ARGS)
+
+# --- Fuzzing (issue 12): the cargo-fuzz targets in fuzz/ (see fuzz/README.md), each run for
+# FUZZ_SECONDS at nice 19; FUZZ_TARGETS picks some. Needs the nightly toolchain; installs
+# cargo-fuzz when missing. A crash or hang fails the run and is kept in fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+.PHONY: fuzz
+fuzz:
+	fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# `make test-long`: the checks too slow for `make test` (.ci/run runs it after `make test`).
+# Each part adds itself as a prerequisite, `test-long: test-long-PART`, in a block of its own.
+.PHONY: test-long
+test-long:
+
+# Fuzzing's part: every target for 20 s (skipped, saying why, without a nightly toolchain).
+.PHONY: test-long-fuzz
+test-long: test-long-fuzz
+test-long-fuzz:
+	fuzz/run.sh --if-available 20

@@ -58,7 +58,7 @@ fn matches(pattern: &[u8], name: &[u8]) -> bool {
 /// once and, on a mismatch, retries only from the latest `*` (a later `*` makes earlier ones
 /// irrelevant), so the work is at most (pattern length + 1) × (name length + 1): a pattern
 /// with many `*` cannot make it exponential.
-fn matches_counting(pattern: &[u8], name: &[u8], steps: &mut usize) -> bool {
+pub(crate) fn matches_counting(pattern: &[u8], name: &[u8], steps: &mut usize) -> bool {
     let (mut p, mut n) = (0, 0);
     // Where to resume after the latest `*`: the pattern after it, and the next name position
     // that star would swallow.

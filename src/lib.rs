@@ -14,6 +14,7 @@ mod events;
 // The child between clone and execve: raw syscalls only.
 #[allow(unsafe_code)]
 mod exec;
+pub mod fuzzing;
 mod include;
 mod logging;
 mod notify;

@@ -100,13 +100,19 @@ impl Writer {
     }
 
     fn comment(&mut self, indent: &str, note: &str) {
-        // A note may hold newlines of its own; each line stays a comment.
+        // A note may hold newlines of its own; each line stays a comment. What it quotes from
+        // the source may hold characters a YAML comment cannot (a NUL, a CR that would end the
+        // line): those are written as escapes.
         for part in note.split('\n') {
             let part = part.trim_end();
             if part.is_empty() {
                 self.line(&format!("{indent}#"), None);
             } else {
-                self.line(&format!("{indent}# {part}"), None);
+                let mut line = format!("{indent}# ");
+                for c in part.chars() {
+                    push_char(&mut line, c);
+                }
+                self.line(&line, None);
             }
         }
     }
@@ -221,14 +227,28 @@ pub fn scalar(text: &str) -> String {
             '\\' => quoted.push_str("\\\\"),
             '\n' => quoted.push_str("\\n"),
             '\t' => quoted.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(quoted, "\\x{:02x}", c as u32);
-            }
-            c => quoted.push(c),
+            c => push_char(&mut quoted, c),
         }
     }
     quoted.push('"');
     quoted
+}
+
+/// `c`, or its YAML escape (`\xNN`, `\uNNNN`) where YAML would not read it back as itself
+/// inside a double-quoted scalar or a comment: control characters (C0 but the tab, DEL, C1),
+/// the line and paragraph separators, a byte-order mark and the two non-characters.
+fn push_char(out: &mut String, c: char) {
+    let code = u32::from(c);
+    match c {
+        '\t' => out.push(c),
+        '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' => {
+            let _ = write!(out, "\\x{code:02x}");
+        }
+        '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}' => {
+            let _ = write!(out, "\\u{code:04x}");
+        }
+        c => out.push(c),
+    }
 }
 
 /// Letters, digits and `/ _ . + -`, not starting with a sign or a dot, not one of YAML's
@@ -270,6 +290,7 @@ mod tests {
         assert_eq!(scalar("a \"b\"\\"), "\"a \\\"b\\\"\\\\\"");
         assert_eq!(scalar("tab\there"), "\"tab\\there\"");
         assert_eq!(scalar("bell\u{7}"), "\"bell\\x07\"");
+        assert_eq!(scalar("nel\u{85}\u{2028}"), "\"nel\\x85\\u2028\"");
     }
 
     #[test]

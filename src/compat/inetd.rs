@@ -781,6 +781,17 @@ mod tests {
         );
     }
 
+    /// Found by the inetd_conf fuzzer: the note about a login class quoted a NUL as it was,
+    /// and no YAML reader takes a NUL, even in a comment.
+    #[test]
+    fn a_control_character_quoted_in_a_note_breaks_the_yaml() {
+        for mode in [Mode::Run, Mode::Convert] {
+            let out = render(&translate("inetd.conf", "x stream tcp wait n/\0 h", mode).doc).text;
+            assert_eq!(crate::config::syntax_error(&out), None, "{out}");
+            assert!(out.contains("login class \"\\x00\""), "{out}");
+        }
+    }
+
     #[test]
     fn strange_input_never_panics() {
         for text in [

@@ -1045,6 +1045,15 @@ mod tests {
         );
     }
 
+    /// Found by the xinetd_conf fuzzer: an attribute rinetd does not know was quoted in its
+    /// "not converted" note as it was, NUL and all, and no YAML reader takes a NUL.
+    #[test]
+    fn a_control_character_quoted_in_a_note_breaks_the_yaml() {
+        let out = yaml("service x{\n socket_type = stream\n\nserver = \n\0=\0\n}\n");
+        assert_eq!(crate::config::syntax_error(&out), None, "{out}");
+        assert!(out.contains("not converted: \\x00"), "{out}");
+    }
+
     #[test]
     fn strange_input_never_panics() {
         for text in [

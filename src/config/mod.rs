@@ -19,6 +19,14 @@ pub use check::parse_partial;
 use crate::service::{SourcePrefix, SourceRate};
 use crate::tls::config::{TlsKey, TlsSettings};
 
+/// The YAML syntax error that stops the reading of `text`, if there is one; what the checker
+/// would say of the values is not asked (for the fuzzers: generated YAML must always read).
+pub fn syntax_error(text: &str) -> Option<(Pos, String)> {
+    yaml::read(text)
+        .error
+        .map(|error| (error.pos, error.message))
+}
+
 /// Where a value was written, for messages from later stages (resolve) about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pos {
