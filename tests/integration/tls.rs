@@ -465,7 +465,8 @@ fn a_handler_that_does_not_read_pushes_back_on_the_client_instead_of_growing_rin
     let slow = dir.script(
         "slow.sh",
         &format!(
-            "while [ ! -e {} ]; do sleep 0.05; done\nexec cat",
+            // At most a minute: a failed test must not leave it behind for ever.
+            "i=0; while [ ! -e {} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done\nexec cat",
             go.display()
         ),
     );
