@@ -2,8 +2,9 @@
 //! executable, the handler's fixed environment. The only module that asks NSS or the filesystem
 //! about the configuration.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -112,10 +113,10 @@ pub fn resolve(
         // Certificates are read at every load (-t, start, reload): a reload re-reads them.
         let tls = spec.tls.as_ref().and_then(|tls| {
             match crate::tls::config::load(&tls.settings, SystemTime::now()) {
-                Ok(config) => Some(Tls {
+                Ok(config) => Some(Box::new(Tls {
                     settings: tls.settings.clone(),
                     config,
-                }),
+                })),
                 Err(problems) => {
                     for problem in problems {
                         let what = plain(&problem.problem);
@@ -166,7 +167,7 @@ pub fn resolve(
             (Some((path, args)), _) => {
                 let mut plan = exec_plan(spec, path, args, identity, host);
                 plan.script_problem = script_problem;
-                Handler::Exec(plan)
+                Handler::Exec(Box::new(plan))
             }
             (None, Some(builtin)) => Handler::Builtin(builtin),
             (None, None) => continue,
@@ -343,7 +344,7 @@ fn runtime_service(
     spec: &ServiceSpec,
     listen: Vec<Endpoint>,
     handler: Handler,
-    tls: Option<Tls>,
+    tls: Option<Box<Tls>>,
 ) -> Service {
     Service {
         name: spec.name.clone(),
@@ -378,13 +379,15 @@ fn runtime_service(
     }
 }
 
+/// A service resolved, before it becomes a runtime `Service`: its spec, where it listens, its
+/// handler and its loaded certificates.
+type Resolved<'s> = (&'s ServiceSpec, Vec<Endpoint>, Handler, Option<Box<Tls>>);
+
 /// Two services cannot bind the same protocol and port on the same address, nor on a wildcard
 /// address and a specific one of the same family (the kernel refuses the second bind); two
 /// UNIX services cannot share a path. Each service is checked against the earlier ones through
 /// an index by port, so the check stays linear in the number of services.
-fn socket_conflicts(
-    services: &[(&ServiceSpec, Vec<Endpoint>, Handler, Option<Tls>)],
-) -> Vec<ConfigError> {
+fn socket_conflicts(services: &[Resolved<'_>]) -> Vec<ConfigError> {
     /// The earliest service (and its endpoint) at each place of one protocol, family and port.
     #[derive(Default)]
     struct Port<'s> {
@@ -645,6 +648,21 @@ fn identity(
     }))
 }
 
+/// The fixed environment entries most handlers share, as statics instead of a copy each.
+fn shared_entry(name: &str, value: &str) -> Option<&'static CStr> {
+    match (name, value) {
+        ("PATH", DEFAULT_PATH) => Some(DEFAULT_PATH_ENTRY),
+        ("PROTO", "TCP") => Some(c"PROTO=TCP"),
+        ("PROTO", "UDP") => Some(c"PROTO=UDP"),
+        ("PROTO", "UNIX") => Some(c"PROTO=UNIX"),
+        ("PROTO", "NONE") => Some(c"PROTO=NONE"),
+        _ => None,
+    }
+}
+
+const DEFAULT_PATH_ENTRY: &CStr =
+    c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 fn exec_plan(
     spec: &ServiceSpec,
     path: &Path,
@@ -691,16 +709,23 @@ fn exec_plan(
     }
     entries.reverse();
     fixed.extend(entries);
-    let fixed_env = fixed
-        .into_iter()
-        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+    // A fresh vector (not the strings' one reused in place, which kept three times the room).
+    let mut fixed_env: Vec<Cow<'static, CStr>> = Vec::with_capacity(fixed.len());
+    for (k, v) in fixed {
+        fixed_env.extend(
+            shared_entry(&k, &v)
+                .map(Cow::Borrowed)
+                .or_else(|| CString::new(format!("{k}={v}")).ok().map(Cow::Owned)),
+        );
+    }
+    let mut argv: Vec<CString> = args
+        .iter()
+        .filter_map(|a| CString::new(a.as_str()).ok())
         .collect();
+    argv.shrink_to_fit();
     ExecPlan {
         path: CString::new(path.as_os_str().as_bytes()).unwrap_or_default(),
-        argv: args
-            .iter()
-            .filter_map(|a| CString::new(a.as_str()).ok())
-            .collect(),
+        argv,
         fixed_env,
         overridden,
         cwd: CString::new(spec.cwd.as_os_str().as_bytes()).unwrap_or_default(),
@@ -921,6 +946,20 @@ mod tests {
         let tls = services[0].tls.as_ref().expect("tls loaded");
         assert_eq!(tls.settings.alpn, ["h2"]);
         assert_eq!(tls.config.alpn_protocols, [b"h2".to_vec()]);
+    }
+
+    #[test]
+    fn the_shared_entries_are_what_formatting_would_give() {
+        assert_eq!(
+            DEFAULT_PATH_ENTRY.to_str().unwrap(),
+            format!("PATH={DEFAULT_PATH}")
+        );
+        for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Unix, Protocol::None] {
+            let value = protocol.as_str().to_ascii_uppercase();
+            let entry = shared_entry("PROTO", &value).expect("a shared entry");
+            assert_eq!(entry.to_str().unwrap(), format!("PROTO={value}"));
+        }
+        assert_eq!(shared_entry("PATH", "/bin"), None);
     }
 
     #[test]
