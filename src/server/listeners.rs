@@ -114,7 +114,9 @@ impl Listener {
 }
 
 pub struct Listeners {
-    by_token: HashMap<Token, Listener>,
+    /// Boxed: the map's room (2,048 places for 1,000 listeners) then holds a pointer each,
+    /// not a whole listener.
+    by_token: HashMap<Token, Box<Listener>>,
     /// Sockets rinetd itself was socket-activated with, until a listener claims them.
     inherited: Vec<Socket>,
 }
@@ -139,15 +141,17 @@ impl Listeners {
             covered: false,
             held_by: None,
         };
-        self.by_token.insert(token, listener);
+        self.by_token.insert(token, Box::new(listener));
     }
 
     pub fn get(&self, token: Token) -> Option<&Listener> {
-        self.by_token.get(&token)
+        self.by_token.get(&token).map(|listener| &**listener)
     }
 
     pub fn get_mut(&mut self, token: Token) -> Option<&mut Listener> {
-        self.by_token.get_mut(&token)
+        self.by_token
+            .get_mut(&token)
+            .map(|listener| &mut **listener)
     }
 
     pub fn tokens(&self) -> Vec<Token> {

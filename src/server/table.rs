@@ -154,6 +154,17 @@ impl Counters {
     }
 }
 
+/// A service's counts of its clients.
+#[derive(Debug, Default)]
+struct Clients {
+    /// Slots per client group (`source_prefix`).
+    per_source: HashMap<IpAddr, u32>,
+    /// Recent connections per client group, for `per_source_rate`.
+    source_rates: SourceRates,
+    /// Accept times inside the current `rate_limit` window.
+    window: VecDeque<Instant>,
+}
+
 pub struct Entry {
     pub service: Service,
     pub kind: Kind,
@@ -162,12 +173,9 @@ pub struct Entry {
     generation: u32,
     /// Handlers, builtin connections and connections still sending their PROXY header.
     running: u32,
-    /// Slots per client group (`source_prefix`).
-    per_source: HashMap<IpAddr, u32>,
-    /// Recent connections per client group, for `per_source_rate`.
-    source_rates: SourceRates,
-    /// Accept times inside the current `rate_limit` window.
-    window: VecDeque<Instant>,
+    /// What is counted per client, made at the service's first client: a table of 1,000
+    /// idle services carries none of it.
+    clients: Option<Box<Clients>>,
     /// The end of a `rate_limit` pause: nothing new is accepted until then.
     paused_until: Option<Instant>,
     /// The end of a back-off (out of descriptors or processes, or a `wait: true` handler that
@@ -195,9 +203,7 @@ impl Entry {
             listeners: Vec::new(),
             generation,
             running: 0,
-            per_source: HashMap::new(),
-            source_rates: SourceRates::default(),
-            window: VecDeque::new(),
+            clients: None,
             paused_until: None,
             backoff_until: None,
             full: false,
@@ -211,6 +217,10 @@ impl Entry {
 
     pub fn label(&self) -> &str {
         &self.service.label
+    }
+
+    fn clients(&mut self) -> &mut Clients {
+        self.clients.get_or_insert_with(Box::default)
     }
 
     pub fn running(&self) -> u32 {
@@ -255,7 +265,10 @@ impl Entry {
 
 #[derive(Default)]
 pub struct Table {
-    entries: Vec<Entry>,
+    /// Boxed: each entry is made in a heap hole the table's loading left, where one vector of
+    /// them would need a block of its own growing by doubling (712 KiB at 1,000 services).
+    #[allow(clippy::vec_box)]
+    entries: Vec<Box<Entry>>,
     /// The places of retired services, to reuse once nothing counts on them: a list apart,
     /// so that loading a table does not scan every place for each service.
     retired: Vec<usize>,
@@ -263,12 +276,12 @@ pub struct Table {
 
 impl Table {
     pub fn get(&self, id: ServiceId) -> Option<&Entry> {
-        let entry = self.entries.get(id.index as usize)?;
+        let entry = &**self.entries.get(id.index as usize)?;
         (entry.generation == id.generation).then_some(entry)
     }
 
     pub fn get_mut(&mut self, id: ServiceId) -> Option<&mut Entry> {
-        let entry = self.entries.get_mut(id.index as usize)?;
+        let entry = &mut **self.entries.get_mut(id.index as usize)?;
         (entry.generation == id.generation).then_some(entry)
     }
 
@@ -280,7 +293,7 @@ impl Table {
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (ServiceId, &Entry)> {
-        (0..self.entries.len()).map(|index| (self.id_at(index), &self.entries[index]))
+        (0..self.entries.len()).map(|index| (self.id_at(index), &*self.entries[index]))
     }
 
     fn id_at(&self, index: usize) -> ServiceId {
@@ -300,11 +313,11 @@ impl Table {
         match free.map(|position| self.retired.swap_remove(position)) {
             Some(index) => {
                 let generation = self.entries[index].generation.wrapping_add(1);
-                self.entries[index] = Entry::new(service, generation);
+                *self.entries[index] = Entry::new(service, generation);
                 self.id_at(index)
             }
             None => {
-                self.entries.push(Entry::new(service, 0));
+                self.entries.push(Box::new(Entry::new(service, 0)));
                 self.id_at(self.entries.len() - 1)
             }
         }
@@ -351,7 +364,7 @@ impl Table {
         let entry = self.get_mut(id).ok_or(Denied::Gone)?;
         let group = client.map(|client| entry.service.limits.source_prefix.group(client));
         if let Some(group) = group {
-            *entry.per_source.entry(group).or_default() += 1;
+            *entry.clients().per_source.entry(group).or_default() += 1;
         }
         entry.running += 1;
         // A wait service has one handler at a time anyway: no pause to announce.
@@ -375,12 +388,17 @@ impl Table {
             .refusal(client)
             .or_else(|| {
                 let limit = limits.per_source?;
-                let count = entry.per_source.get(&group).copied().unwrap_or(0);
+                let count = entry
+                    .clients
+                    .as_ref()
+                    .and_then(|clients| clients.per_source.get(&group).copied())
+                    .unwrap_or(0);
                 (count >= limit.get()).then_some(Refusal::PerSource)
             })
             .or_else(|| {
                 let rate = limits.per_source_rate?;
-                (!entry.source_rates.admit(group, rate, now)).then_some(Refusal::PerSourceRate)
+                let admitted = entry.clients().source_rates.admit(group, rate, now);
+                (!admitted).then_some(Refusal::PerSourceRate)
             });
         match refusal {
             Some(reason) => {
@@ -398,11 +416,12 @@ impl Table {
         let entry = self.get_mut(service)?;
         entry.running = entry.running.saturating_sub(1);
         if let Some(group) = group
-            && let Some(count) = entry.per_source.get_mut(&group)
+            && let Some(clients) = entry.clients.as_mut()
+            && let Some(count) = clients.per_source.get_mut(&group)
         {
             *count -= 1;
             if *count == 0 {
-                entry.per_source.remove(&group);
+                clients.per_source.remove(&group);
             }
         }
         if entry.full && entry.below_max() {
@@ -419,18 +438,18 @@ impl Table {
         let entry = self.get_mut(id)?;
         entry.counters.accepted += 1;
         let limit = entry.service.limits.rate_limit?;
-        entry.window.push_back(now);
-        while entry
-            .window
+        let window = &mut entry.clients().window;
+        window.push_back(now);
+        while window
             .front()
             .is_some_and(|first| now.duration_since(*first) >= limit.per)
         {
-            entry.window.pop_front();
+            window.pop_front();
         }
-        if entry.window.len() < limit.max as usize {
+        if window.len() < limit.max as usize {
             return None;
         }
-        entry.window.clear();
+        window.clear();
         let until = now + limit.pause;
         entry.paused_until = Some(until);
         events::paused_rate_limit(entry.label(), limit.pause);
