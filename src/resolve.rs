@@ -185,6 +185,8 @@ pub fn resolve(
         .into_iter()
         .map(|(spec, listen, handler, tls)| runtime_service(spec, listen, handler, tls))
         .collect();
+    // The parsed tree is gone by now: what it took is given back, not kept as holes.
+    crate::spawn::release_free_heap();
     Ok((services, warnings))
 }
 

@@ -146,6 +146,20 @@ fn ip_text(ip: IpAddr) -> String {
     text
 }
 
+/// Gives the free pages inside the heap back to the system. Loading a table builds and
+/// drops its parsed form (a tree of small allocations about twice the size of what is kept);
+/// glibc returns freed memory only from the heap's top, so without this the holes stay
+/// resident for the daemon's life. Here because rinetd allows `unsafe` only in a few modules,
+/// and this one already manages rinetd's own memory (the children borrow it).
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas under their locks and madvises free
+    // pages away; it touches no memory the program holds. rinetd is single-threaded.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The pipe a handler's stderr (or its exec failure report) comes back through. Made before the
 /// connection is accepted, so that running out of descriptors leaves the connection waiting in
 /// the backlog instead of accepting it and then dropping it.
