@@ -273,10 +273,11 @@ impl Server {
                 break;
             };
             received.clear();
-            // The first read of a turn takes one datagram the plain way: a lone client has
-            // only that one queued, and recvmmsg/sendmmsg cost the kernel a little more per
-            // call than recvfrom/sendto. What follows it is read in batches.
-            let read = if taken == 0 {
+            // The first two reads of a turn take one datagram each the plain way: a lone
+            // client has one queued at a time, and recvmmsg costs the kernel more than
+            // recvfrom (a batch of one still tries the next datagram, and an empty socket
+            // costs more to find). A queue still there after two is read in batches.
+            let read = if taken < 2 {
                 match self.listeners.get(token).and_then(|l| l.datagram()) {
                     Some(socket) => receive(socket, &mut buffers[..MAX_DATAGRAM])
                         .map(|got| received.extend(got)),
