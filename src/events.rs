@@ -57,18 +57,64 @@ pub struct Client(pub Option<std::net::SocketAddr>);
 impl Display for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
+            // Two lines a connection carry it: written by hand, as `Display` would, at a
+            // tenth of the formatting machinery's cost.
+            Some(std::net::SocketAddr::V4(address)) => {
+                let mut text = [0u8; 21];
+                let length = write_v4(&mut text, *address.ip(), address.port());
+                f.write_str(std::str::from_utf8(&text[..length]).unwrap_or_default())
+            }
             Some(address) => address.fmt(f),
             None => f.write_str("unix"),
         }
     }
 }
 
-/// A measured duration, to the millisecond: `0.004s`.
+/// `a.b.c.d:port` into `out` (21 bytes is the longest); the length written.
+fn write_v4(out: &mut [u8; 21], ip: std::net::Ipv4Addr, port: u16) -> usize {
+    let mut at = 0;
+    let mut put = |byte: u8| {
+        out[at] = byte;
+        at += 1;
+    };
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            put(b'.');
+        }
+        if octet >= 100 {
+            put(b'0' + octet / 100);
+        }
+        if octet >= 10 {
+            put(b'0' + octet / 10 % 10);
+        }
+        put(b'0' + octet % 10);
+    }
+    put(b':');
+    let mut digits = [0u8; 5];
+    let mut count = 0;
+    let mut rest = port;
+    loop {
+        digits[count] = b'0' + (rest % 10) as u8;
+        count += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for digit in digits[..count].iter().rev() {
+        put(*digit);
+    }
+    at
+}
+
+/// A measured duration, to the millisecond: `0.004s` (rounded to the nearest millisecond,
+/// in integers: every handler's exit line carries one).
 pub struct Seconds(pub Duration);
 
 impl Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:.3}s", self.0.as_secs_f64())
+        let millis = (self.0.as_nanos() + 500_000) / 1_000_000;
+        write!(f, "{}.{:03}s", millis / 1000, millis % 1000)
     }
 }
 
@@ -429,6 +475,31 @@ mod tests {
             "\"say \\\"hi\\\" a=b c\\\\d\""
         );
         assert_eq!(Value("a\tb\u{1}").to_string(), "\"a\\tb\\u0001\"");
+    }
+
+    #[test]
+    fn clients_and_durations_read_as_before() {
+        for text in [
+            "127.0.0.1:80",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.1.20.199:4000",
+            "[::1]:22",
+            "[2001:db8::1]:443",
+        ] {
+            let address: std::net::SocketAddr = text.parse().unwrap();
+            assert_eq!(Client(Some(address)).to_string(), text);
+        }
+        assert_eq!(Client(None).to_string(), "unix");
+        for (nanos, shown) in [
+            (0, "0.000s"),
+            (4_000_000, "0.004s"),
+            (1_499_999, "0.001s"),
+            (1_500_000, "0.002s"),
+            (61_234_567_890, "61.235s"),
+        ] {
+            assert_eq!(Seconds(Duration::from_nanos(nanos)).to_string(), shown);
+        }
     }
 
     #[test]

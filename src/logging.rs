@@ -59,14 +59,41 @@ impl Log for Logger {
                     Level::Info => Severity::LOG_INFO,
                     Level::Debug | Level::Trace => Severity::LOG_DEBUG,
                 };
-                let message = record.args().to_string().replace('\0', "\\0");
-                let _ =
-                    nix::syslog::syslog(Priority::new(severity, Facility::LOG_DAEMON), &message);
+                // Formatted into the same kept buffer: no allocation per line here either
+                // (syslog(3) gets it through a buffer on the stack).
+                LINE.with_borrow_mut(|line| {
+                    line.clear();
+                    let _ = write!(line, "{}", record.args());
+                    if line.contains(&0) {
+                        *line = escape_nul(line);
+                    }
+                    let message = String::from_utf8_lossy(line);
+                    let _ = nix::syslog::syslog(
+                        Priority::new(severity, Facility::LOG_DAEMON),
+                        &*message,
+                    );
+                    if line.capacity() > KEPT_CAPACITY {
+                        *line = Vec::new();
+                    }
+                });
             }
         }
     }
 
     fn flush(&self) {}
+}
+
+/// A line with its NULs written `\\0` (syslog(3) would end the line at the first).
+fn escape_nul(line: &[u8]) -> Vec<u8> {
+    let mut escaped = Vec::with_capacity(line.len() + 8);
+    for &byte in line {
+        if byte == 0 {
+            escaped.extend_from_slice(b"\\0");
+        } else {
+            escaped.push(byte);
+        }
+    }
+    escaped
 }
 
 /// Installs the logger. Syslog falls back to stderr (with a warning) when /dev/log is not there;
@@ -96,4 +123,13 @@ pub fn init(target: Target, level: LevelFilter) -> Target {
     log::set_max_level(level);
     let _ = log::set_boxed_logger(Box::new(Logger { target }));
     target
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_nul_is_written_as_backslash_zero() {
+        assert_eq!(super::escape_nul(b"a\0b\0"), b"a\\0b\\0");
+        assert_eq!(super::escape_nul(b"plain"), b"plain");
+    }
 }

@@ -2,8 +2,9 @@
 //! executable, the handler's fixed environment. The only module that asks NSS or the filesystem
 //! about the configuration.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -54,6 +55,7 @@ pub fn resolve(
     let mut warnings = Vec::new();
     let mut as_root: Vec<&str> = Vec::new();
     let mut resolved = Vec::new();
+    let mut lookups = Lookups::default();
     for spec in &table.services {
         let before = errors.len();
         let fail = |errors: &mut Vec<ConfigError>, pos: Pos, message: String| {
@@ -67,7 +69,7 @@ pub fn resolve(
         let port = match &spec.port {
             PortSpec::Number(n) => Some(*n),
             PortSpec::Name(name) => {
-                let found = service_port(&host.services_file, name, spec.protocol);
+                let found = lookups.port(&host.services_file, name, spec.protocol);
                 if found.is_none() {
                     let protocol = spec.protocol.as_str();
                     let message = if spec.port_from_name {
@@ -87,10 +89,10 @@ pub fn resolve(
         let mut script_problem = None;
         let program = match &spec.handler {
             config::Handler::Server { path, pos, args } => {
-                match check_executable(path) {
+                match lookups.executable(path) {
                     Err(message) => fail(&mut errors, *pos, format!("key \"server\": {message}")),
-                    Ok(()) => {
-                        script_problem = interpreter_problem(path);
+                    Ok(problem) => {
+                        script_problem = problem;
                         if let Some(problem) = &script_problem {
                             warnings.push(format!(
                                 "{}:{}:{}: service \"{}\": key \"server\": {problem}",
@@ -111,10 +113,10 @@ pub fn resolve(
         // Certificates are read at every load (-t, start, reload): a reload re-reads them.
         let tls = spec.tls.as_ref().and_then(|tls| {
             match crate::tls::config::load(&tls.settings, SystemTime::now()) {
-                Ok(config) => Some(Tls {
+                Ok(config) => Some(Box::new(Tls {
                     settings: tls.settings.clone(),
                     config,
-                }),
+                })),
                 Err(problems) => {
                     for problem in problems {
                         let what = plain(&problem.problem);
@@ -131,7 +133,7 @@ pub fn resolve(
             }
         });
         // A builtin runs as rinetd: a `user` it got from defaults is not its business.
-        let identity = match program.as_ref().map(|_| identity(spec, host)) {
+        let identity = match program.as_ref().map(|_| identity(spec, host, &mut lookups)) {
             Some(Ok(identity)) => identity,
             Some(Err((place, message))) => {
                 errors.push(ConfigError {
@@ -165,7 +167,7 @@ pub fn resolve(
             (Some((path, args)), _) => {
                 let mut plan = exec_plan(spec, path, args, identity, host);
                 plan.script_problem = script_problem;
-                Handler::Exec(plan)
+                Handler::Exec(Box::new(plan))
             }
             (None, Some(builtin)) => Handler::Builtin(builtin),
             (None, None) => continue,
@@ -183,7 +185,104 @@ pub fn resolve(
         .into_iter()
         .map(|(spec, listen, handler, tls)| runtime_service(spec, listen, handler, tls))
         .collect();
+    // The parsed tree is gone by now: what it took is given back, not kept as holes.
+    crate::spawn::release_free_heap();
     Ok((services, warnings))
+}
+
+/// What one load asks the system, asked once per load however many services ask it: a table
+/// of 1,000 services naming one server, one user, or ports by name otherwise stats and reads
+/// the same file, asks NSS the same question, or scans /etc/services, 1,000 times. Nothing is
+/// kept across loads: a reload sees the system as it is then.
+#[derive(Default)]
+struct Lookups<'h> {
+    /// /etc/services as (name or alias, protocol) → port, the first line naming it winning.
+    ports: Option<HashMap<(&'h str, &'h str), u16>>,
+    /// A server: an error, or what stands in the way of exec'ing it (`interpreter_problem`).
+    executables: HashMap<std::path::PathBuf, Result<Option<String>, String>>,
+    users_by_name: HashMap<String, Option<User>>,
+    users_by_id: HashMap<u32, Option<User>>,
+    groups: HashMap<String, Option<u32>>,
+    group_lists: HashMap<(String, u32), Option<Vec<u32>>>,
+}
+
+impl<'h> Lookups<'h> {
+    fn port(&mut self, services_file: &'h str, name: &str, protocol: Protocol) -> Option<u16> {
+        let ports = self.ports.get_or_insert_with(|| {
+            let mut ports = HashMap::new();
+            for line in services_file.lines() {
+                let Some(line) = line.split('#').next() else {
+                    continue;
+                };
+                let mut words = line.split_whitespace();
+                let (Some(primary), Some(port)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Some((port, proto)) = port.split_once('/') else {
+                    continue;
+                };
+                let Ok(port) = port.parse::<u16>() else {
+                    continue;
+                };
+                for word in std::iter::once(primary).chain(words) {
+                    ports.entry((word, proto)).or_insert(port);
+                }
+            }
+            ports
+        });
+        ports.get(&(name, protocol_name(protocol))).copied()
+    }
+
+    fn executable(&mut self, path: &Path) -> Result<Option<String>, String> {
+        if let Some(known) = self.executables.get(path) {
+            return known.clone();
+        }
+        let found = check_executable(path).map(|()| interpreter_problem(path));
+        self.executables.insert(path.to_path_buf(), found.clone());
+        found
+    }
+
+    fn user_by_name(&mut self, name: &str) -> Option<User> {
+        self.users_by_name
+            .entry(name.to_string())
+            .or_insert_with(|| User::from_name(name).ok().flatten())
+            .clone()
+    }
+
+    fn user_by_id(&mut self, id: u32) -> Option<User> {
+        self.users_by_id
+            .entry(id)
+            .or_insert_with(|| User::from_uid(Uid::from_raw(id)).ok().flatten())
+            .clone()
+    }
+
+    fn group(&mut self, name: &str) -> Option<u32> {
+        *self.groups.entry(name.to_string()).or_insert_with(|| {
+            Group::from_name(name)
+                .ok()
+                .flatten()
+                .map(|group| group.gid.as_raw())
+        })
+    }
+
+    fn group_list(&mut self, user: &str, gid: u32) -> Option<Vec<u32>> {
+        self.group_lists
+            .entry((user.to_string(), gid))
+            .or_insert_with(|| {
+                let name = CString::new(user.as_bytes()).ok()?;
+                let list = getgrouplist(&name, Gid::from_raw(gid)).ok()?;
+                Some(list.into_iter().map(Gid::as_raw).collect())
+            })
+            .clone()
+    }
+}
+
+/// The protocol column of /etc/services a service's port name is looked up in.
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Udp => "udp",
+        Protocol::Tcp | Protocol::Unix | Protocol::None => "tcp",
+    }
 }
 
 /// An OS error as its plain description, without Rust's "(os error N)".
@@ -249,7 +348,7 @@ fn runtime_service(
     spec: &ServiceSpec,
     listen: Vec<Endpoint>,
     handler: Handler,
-    tls: Option<Tls>,
+    tls: Option<Box<Tls>>,
 ) -> Service {
     Service {
         name: spec.name.clone(),
@@ -284,13 +383,15 @@ fn runtime_service(
     }
 }
 
+/// A service resolved, before it becomes a runtime `Service`: its spec, where it listens, its
+/// handler and its loaded certificates.
+type Resolved<'s> = (&'s ServiceSpec, Vec<Endpoint>, Handler, Option<Box<Tls>>);
+
 /// Two services cannot bind the same protocol and port on the same address, nor on a wildcard
 /// address and a specific one of the same family (the kernel refuses the second bind); two
 /// UNIX services cannot share a path. Each service is checked against the earlier ones through
 /// an index by port, so the check stays linear in the number of services.
-fn socket_conflicts(
-    services: &[(&ServiceSpec, Vec<Endpoint>, Handler, Option<Tls>)],
-) -> Vec<ConfigError> {
+fn socket_conflicts(services: &[Resolved<'_>]) -> Vec<ConfigError> {
     /// The earliest service (and its endpoint) at each place of one protocol, family and port.
     #[derive(Default)]
     struct Port<'s> {
@@ -385,10 +486,7 @@ fn check_socket_path(path: &Path) -> Result<(), String> {
 
 /// Looks `name` up in the text of /etc/services: `name port/proto [aliases…]`.
 pub fn service_port(services_file: &str, name: &str, protocol: Protocol) -> Option<u16> {
-    let proto = match protocol {
-        Protocol::Udp => "udp",
-        Protocol::Tcp | Protocol::Unix | Protocol::None => "tcp",
-    };
+    let proto = protocol_name(protocol);
     services_file.lines().find_map(|line| {
         let line = line.split('#').next()?;
         let mut words = line.split_whitespace();
@@ -483,7 +581,11 @@ struct Identity {
 }
 
 /// The identity to switch to, or None to keep rinetd's.
-fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Place, String)> {
+fn identity(
+    spec: &ServiceSpec,
+    host: &Host,
+    lookups: &mut Lookups<'_>,
+) -> Result<Option<Identity>, (Place, String)> {
     if spec.user.is_none() && spec.group.is_none() {
         return Ok(None);
     }
@@ -491,15 +593,13 @@ fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Place,
         None => (host.euid, host.egid, None),
         Some((who, place)) => {
             let user = match who {
-                IdSpec::Name(name) => {
-                    Some(User::from_name(name).ok().flatten().ok_or_else(|| {
-                        (
-                            place.clone(),
-                            format!("key \"user\": unknown user \"{name}\""),
-                        )
-                    })?)
-                }
-                IdSpec::Id(id) => User::from_uid(Uid::from_raw(*id)).ok().flatten(),
+                IdSpec::Name(name) => Some(lookups.user_by_name(name).ok_or_else(|| {
+                    (
+                        place.clone(),
+                        format!("key \"user\": unknown user \"{name}\""),
+                    )
+                })?),
+                IdSpec::Id(id) => lookups.user_by_id(*id),
             };
             match user {
                 Some(user) => (user.uid.as_raw(), user.gid.as_raw(), Some(user)),
@@ -516,17 +616,12 @@ fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Place,
     let gid = match &spec.group {
         None => gid,
         Some((IdSpec::Id(id), _)) => *id,
-        Some((IdSpec::Name(name), place)) => Group::from_name(name)
-            .ok()
-            .flatten()
-            .ok_or_else(|| {
-                (
-                    place.clone(),
-                    format!("key \"group\": unknown group \"{name}\""),
-                )
-            })?
-            .gid
-            .as_raw(),
+        Some((IdSpec::Name(name), place)) => lookups.group(name).ok_or_else(|| {
+            (
+                place.clone(),
+                format!("key \"group\": unknown group \"{name}\""),
+            )
+        })?,
     };
     if host.euid != 0 && (uid != host.euid || gid != host.egid) {
         let place = spec.user.as_ref().or(spec.group.as_ref()).map_or_else(
@@ -543,10 +638,8 @@ fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Place,
         ));
     }
     let mut groups = match &user {
-        Some(user) => CString::new(user.name.as_bytes())
-            .ok()
-            .and_then(|name| getgrouplist(&name, Gid::from_raw(gid)).ok())
-            .map(|list| list.into_iter().map(Gid::as_raw).collect())
+        Some(user) => lookups
+            .group_list(&user.name, gid)
             .unwrap_or_else(|| vec![gid]),
         None => vec![gid],
     };
@@ -558,6 +651,21 @@ fn identity(spec: &ServiceSpec, host: &Host) -> Result<Option<Identity>, (Place,
         user,
     }))
 }
+
+/// The fixed environment entries most handlers share, as statics instead of a copy each.
+fn shared_entry(name: &str, value: &str) -> Option<&'static CStr> {
+    match (name, value) {
+        ("PATH", DEFAULT_PATH) => Some(DEFAULT_PATH_ENTRY),
+        ("PROTO", "TCP") => Some(c"PROTO=TCP"),
+        ("PROTO", "UDP") => Some(c"PROTO=UDP"),
+        ("PROTO", "UNIX") => Some(c"PROTO=UNIX"),
+        ("PROTO", "NONE") => Some(c"PROTO=NONE"),
+        _ => None,
+    }
+}
+
+const DEFAULT_PATH_ENTRY: &CStr =
+    c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn exec_plan(
     spec: &ServiceSpec,
@@ -605,16 +713,23 @@ fn exec_plan(
     }
     entries.reverse();
     fixed.extend(entries);
-    let fixed_env = fixed
-        .into_iter()
-        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+    // A fresh vector (not the strings' one reused in place, which kept three times the room).
+    let mut fixed_env: Vec<Cow<'static, CStr>> = Vec::with_capacity(fixed.len());
+    for (k, v) in fixed {
+        fixed_env.extend(
+            shared_entry(&k, &v)
+                .map(Cow::Borrowed)
+                .or_else(|| CString::new(format!("{k}={v}")).ok().map(Cow::Owned)),
+        );
+    }
+    let mut argv: Vec<CString> = args
+        .iter()
+        .filter_map(|a| CString::new(a.as_str()).ok())
         .collect();
+    argv.shrink_to_fit();
     ExecPlan {
         path: CString::new(path.as_os_str().as_bytes()).unwrap_or_default(),
-        argv: args
-            .iter()
-            .filter_map(|a| CString::new(a.as_str()).ok())
-            .collect(),
+        argv,
         fixed_env,
         overridden,
         cwd: CString::new(spec.cwd.as_os_str().as_bytes()).unwrap_or_default(),
@@ -835,6 +950,39 @@ mod tests {
         let tls = services[0].tls.as_ref().expect("tls loaded");
         assert_eq!(tls.settings.alpn, ["h2"]);
         assert_eq!(tls.config.alpn_protocols, [b"h2".to_vec()]);
+    }
+
+    #[test]
+    fn the_shared_entries_are_what_formatting_would_give() {
+        assert_eq!(
+            DEFAULT_PATH_ENTRY.to_str().unwrap(),
+            format!("PATH={DEFAULT_PATH}")
+        );
+        for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Unix, Protocol::None] {
+            let value = protocol.as_str().to_ascii_uppercase();
+            let entry = shared_entry("PROTO", &value).expect("a shared entry");
+            assert_eq!(entry.to_str().unwrap(), format!("PROTO={value}"));
+        }
+        assert_eq!(shared_entry("PATH", "/bin"), None);
+    }
+
+    #[test]
+    fn one_load_reads_etc_services_once_with_the_same_answers() {
+        let text = "echo 7/tcp\necho 7/udp\nwww 80/tcp http # web\nhttp 8080/tcp\n\
+                    bad x/tcp\nbad 9/tcp\n# gone 5/tcp\nalias 11/udp other\n";
+        let mut lookups = Lookups::default();
+        for name in [
+            "echo", "www", "http", "bad", "gone", "other", "alias", "nope",
+        ] {
+            for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Unix] {
+                assert_eq!(
+                    lookups.port(text, name, protocol),
+                    service_port(text, name, protocol),
+                    "{name}/{protocol:?}"
+                );
+            }
+        }
+        assert!(lookups.ports.is_some());
     }
 
     #[test]

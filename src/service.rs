@@ -2,8 +2,9 @@
 //! knows about it. It carries no file, line or column (those stay in `config`), so two loads
 //! of the same settings compare equal wherever the entries were written.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -32,8 +33,9 @@ pub struct Service {
     /// `respawn_max_delay`: the longest wait before restarting a supervised or `wait: true`
     /// handler that keeps failing.
     pub restart_max_delay: Duration,
-    /// `tls:`: rinetd terminates TLS itself.
-    pub tls: Option<Tls>,
+    /// `tls:`: rinetd terminates TLS itself. Boxed, as the exec plan: most services have
+    /// none, and every service of a table pays for what the struct holds inline.
+    pub tls: Option<Box<Tls>>,
 }
 
 /// A supervised service's own settings.
@@ -86,7 +88,8 @@ pub struct SocketOptions {
 /// What serves a connection or datagram.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Handler {
-    Exec(ExecPlan),
+    /// Boxed: a builtin (and the table's entry of every service) need not carry its room.
+    Exec(Box<ExecPlan>),
     Builtin(Builtin),
 }
 
@@ -95,8 +98,9 @@ pub enum Handler {
 pub struct ExecPlan {
     pub path: CString,
     pub argv: Vec<CString>,
-    /// `NAME=value` entries fixed for the service, `pass_env` and `env` already applied.
-    pub fixed_env: Vec<CString>,
+    /// `NAME=value` entries fixed for the service, `pass_env` and `env` already applied. The
+    /// ones every service has alike (`PATH=` the default, `PROTO=`) are shared statics.
+    pub fixed_env: Vec<Cow<'static, CStr>>,
     /// Names `env`/`pass_env` set, so the per-connection variables do not duplicate them.
     pub overridden: BTreeSet<String>,
     pub cwd: CString,

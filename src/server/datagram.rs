@@ -4,12 +4,17 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Instant, SystemTime};
 
 use mio::{Interest, Token};
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
 use nix::unistd::pipe2;
 
 use super::children::{RESOURCE_BACKOFF, Role};
@@ -24,12 +29,27 @@ use crate::spawn::{Stdio, address_vars};
 const MAX_REPLY: usize = 65_507;
 /// Big enough for any datagram.
 const MAX_DATAGRAM: usize = 65_536;
+/// Datagrams a builtin takes with one recvmmsg and answers with one sendmmsg: with several
+/// clients queued, a few syscalls serve the whole queue instead of two per datagram.
+const BATCH: usize = 8;
 
 /// The replies being collected, and what the datagram services reuse between turns.
 pub struct Datagrams {
     replies: HashMap<Token, Reply>,
     /// Receive buffer of the datagram services, kept between turns (64 KiB).
     buffer: Vec<u8>,
+    /// The builtins' batch of receive buffers (BATCH × 64 KiB, zeroed by the kernel and
+    /// touched only as far as datagrams fill them), made at the first batch.
+    batch: Vec<u8>,
+    /// The senders and lengths of a batch, and its replies, kept between batches.
+    received: Vec<(usize, SocketAddr)>,
+    answers: Vec<(Vec<u8>, SocketAddr)>,
+    /// The message headers of recvmmsg, one set per address family: the kernel writes each
+    /// sender's address length back into them, and a socket of one family always gives the
+    /// same length, so a set is reused only for sockets of its family.
+    receive_headers: [Option<MultiHeaders<SockaddrStorage>>; 2],
+    /// The message headers of sendmmsg (each send sets every length itself).
+    send_headers: Option<MultiHeaders<SockaddrStorage>>,
     /// xorshift state for chargen's datagram lengths.
     random: u32,
 }
@@ -39,6 +59,11 @@ impl Datagrams {
         Datagrams {
             replies: HashMap::new(),
             buffer: Vec::new(),
+            batch: Vec::new(),
+            received: Vec::new(),
+            answers: Vec::new(),
+            receive_headers: [None, None],
+            send_headers: None,
             random: std::process::id() | 1,
         }
     }
@@ -115,21 +140,36 @@ impl Server {
                 return Next::Skipped;
             }
         };
+        if self.admit_datagram(id, peer, loop_protection) {
+            Next::Admitted(len, peer)
+        } else if self.table.get(id).is_some() {
+            Next::Skipped
+        } else {
+            Next::Empty
+        }
+    }
+
+    /// Whether a datagram received from `peer` is served: with `loop_protection`, not from the
+    /// port of an answering service; counted against `rate_limit`; let through by the access
+    /// lists (a refusal is logged).
+    fn admit_datagram(&mut self, id: ServiceId, peer: SocketAddr, loop_protection: bool) -> bool {
         if loop_protection && LOOP_PORTS.contains(&peer.port()) {
-            events::loop_protection(&label(), peer.port());
-            return Next::Skipped;
+            if let Some(entry) = self.table.get(id) {
+                events::loop_protection(entry.label(), peer.port());
+            }
+            return false;
         }
         if let Some(until) = self.table.count_accept(id, Instant::now()) {
             self.timers.schedule(until, Timer::Resume(id));
         }
         let client = canonical(peer);
         match self.table.judge(id, client.ip(), Instant::now()) {
-            Ok(()) => Next::Admitted(len, peer),
+            Ok(()) => true,
             Err(Denied::Refused(reason)) => {
                 self.log_refusal(id, &client, reason);
-                Next::Skipped
+                false
             }
-            Err(Denied::Gone) => Next::Empty,
+            Err(Denied::Gone) => false,
         }
     }
 
@@ -171,8 +211,18 @@ impl Server {
     }
 
     /// Builtins answer each datagram at once; datagrams from the ports of other answering
-    /// services are dropped (echo ↔ chargen loops).
+    /// services are dropped (echo ↔ chargen loops). Without a `rate_limit` (which may pause
+    /// the service between two datagrams, leaving the rest in the socket) they are read and
+    /// answered in batches.
     pub(super) fn datagrams_to_builtin(&mut self, id: ServiceId, token: Token, builtin: Builtin) {
+        let batched = self
+            .table
+            .get(id)
+            .is_some_and(|entry| entry.service.limits.rate_limit.is_none());
+        if batched {
+            self.datagram_batches_to_builtin(id, token, builtin);
+            return;
+        }
         self.serve_datagrams(id, token, true, |server, request, peer| {
             let random = server.datagrams.next_random();
             let reply = builtin::datagram_reply(builtin, request, SystemTime::now(), random);
@@ -183,6 +233,108 @@ impl Server {
             }
             true
         });
+    }
+
+    /// `datagrams_to_builtin` by batches: up to TURN datagrams, BATCH at a time, each batch
+    /// judged datagram by datagram (loop protection, access lists) and answered with one send.
+    fn datagram_batches_to_builtin(&mut self, id: ServiceId, token: Token, builtin: Builtin) {
+        let mut buffers = std::mem::take(&mut self.datagrams.batch);
+        if buffers.is_empty() {
+            buffers = vec![0; BATCH * MAX_DATAGRAM];
+        }
+        let mut received = std::mem::take(&mut self.datagrams.received);
+        let mut replies = std::mem::take(&mut self.datagrams.answers);
+        let family = match self.listeners.get(token).and_then(|l| l.bound()) {
+            Some(SocketAddr::V6(_)) => 1,
+            _ => 0,
+        };
+        let mut receive_headers = self.datagrams.receive_headers[family]
+            .take()
+            .unwrap_or_else(|| MultiHeaders::preallocate(BATCH, None));
+        let mut send_headers = self
+            .datagrams
+            .send_headers
+            .take()
+            .unwrap_or_else(|| MultiHeaders::preallocate(BATCH, None));
+        let mut finished = false;
+        let mut taken = 0;
+        while taken < super::TURN {
+            if !self.table.get(id).is_some_and(|e| e.may_accept()) {
+                finished = true;
+                break;
+            }
+            let Some(fd) = self
+                .listeners
+                .get(token)
+                .and_then(|l| l.datagram())
+                .map(|socket| socket.as_raw_fd())
+            else {
+                finished = true;
+                break;
+            };
+            received.clear();
+            // The first two reads of a turn take one datagram each the plain way: a lone
+            // client has one queued at a time, and recvmmsg costs the kernel more than
+            // recvfrom (a batch of one still tries the next datagram, and an empty socket
+            // costs more to find). A queue still there after two is read in batches.
+            let read = if taken < 2 {
+                match self.listeners.get(token).and_then(|l| l.datagram()) {
+                    Some(socket) => receive(socket, &mut buffers[..MAX_DATAGRAM])
+                        .map(|got| received.extend(got)),
+                    None => Ok(()),
+                }
+            } else {
+                receive_batch(fd, &mut receive_headers, &mut buffers, &mut received)
+            };
+            match read {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                // An error belongs to one datagram (or is an ICMP report about an earlier
+                // reply): the receive consumed it, and the next datagram is unaffected.
+                Err(err) => {
+                    if let Some(entry) = self.table.get(id) {
+                        events::receive_failed(entry.label(), &err);
+                    }
+                    taken += 1;
+                    continue;
+                }
+            }
+            replies.clear();
+            let now = SystemTime::now();
+            for (index, (len, peer)) in received.iter().copied().enumerate() {
+                if !self.admit_datagram(id, peer, true) {
+                    continue;
+                }
+                let request = &buffers[index * MAX_DATAGRAM..][..len];
+                let random = self.datagrams.next_random();
+                if let Some(reply) = builtin::datagram_reply(builtin, request, now, random) {
+                    replies.push((reply, peer));
+                }
+            }
+            // A full send buffer drops a reply, as the network could have.
+            match replies.as_slice() {
+                [(reply, peer)] => {
+                    if let Some(socket) = self.listeners.get(token).and_then(|l| l.datagram()) {
+                        let _ = socket.send_to(reply, *peer);
+                    }
+                }
+                _ => send_batch(fd, &mut send_headers, &replies),
+            }
+            replies.clear();
+            if received.is_empty() {
+                finished = true;
+                break;
+            }
+            taken += received.len();
+        }
+        self.datagrams.batch = buffers;
+        self.datagrams.received = received;
+        self.datagrams.answers = replies;
+        self.datagrams.receive_headers[family] = Some(receive_headers);
+        self.datagrams.send_headers = Some(send_headers);
+        if !finished {
+            self.runnable.push_back(token);
+        }
     }
 
     /// `wait: false` udp: a handler per datagram, while max_children allows (beyond it the
@@ -303,6 +455,82 @@ impl Server {
             && let Err(err) = socket.send_to(&reply.data, reply.peer)
         {
             events::reply_failed(label, &canonical(reply.peer), &err);
+        }
+    }
+}
+
+/// Up to BATCH datagrams off `fd` with one recvmmsg, into consecutive MAX_DATAGRAM slots of
+/// `buffers`: their lengths and senders go to `received` (none when there is nothing to read).
+fn receive_batch(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    buffers: &mut [u8],
+    received: &mut Vec<(usize, SocketAddr)>,
+) -> io::Result<()> {
+    let mut chunks = buffers.chunks_mut(MAX_DATAGRAM);
+    let mut slots: [[IoSliceMut<'_>; 1]; BATCH] =
+        std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+    let results = match recvmmsg(fd, headers, slots.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
+        Ok(results) => results,
+        Err(Errno::EAGAIN) => return Ok(()),
+        Err(errno) => return Err(errno.into()),
+    };
+    for message in results {
+        // An IP socket always names the sender; a datagram without one cannot be answered.
+        if let Some(peer) = message.address.as_ref().and_then(socket_address) {
+            received.push((message.bytes, peer));
+        }
+    }
+    Ok(())
+}
+
+fn socket_address(address: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    address
+        .as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// Sends each reply to its peer, with as few sendmmsg calls as the socket allows: one that
+/// cannot be sent (a full buffer) is dropped and the rest still go.
+fn send_batch(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    replies: &[(Vec<u8>, SocketAddr)],
+) {
+    if replies.is_empty() {
+        return;
+    }
+    let count = replies.len().min(BATCH);
+    let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|index| {
+        [IoSlice::new(
+            replies.get(index).map_or(&[][..], |(reply, _)| reply),
+        )]
+    });
+    let peers: [Option<SockaddrStorage>; BATCH] = std::array::from_fn(|index| {
+        replies
+            .get(index)
+            .map(|(_, peer)| SockaddrStorage::from(*peer))
+    });
+    let mut start = 0;
+    while start < count {
+        let sent = sendmmsg(
+            fd,
+            &mut *headers,
+            slices[start..count].iter(),
+            &peers[start..count],
+            [] as [ControlMessage<'_>; 0],
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map(Iterator::count);
+        match sent {
+            Err(Errno::EINTR) => {}
+            // The first of the rest failed: it is dropped.
+            Err(_) => start += 1,
+            // All sent, or the one after them failed: that one is dropped.
+            Ok(count) => start += count + 1,
         }
     }
 }

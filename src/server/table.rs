@@ -131,6 +131,38 @@ pub struct Counters {
     pub tls_handshake_failures: u64,
 }
 
+/// Every counter at zero: what a service that has counted nothing yet reads.
+static ZERO: Counters = Counters {
+    accepted: 0,
+    refused: BTreeMap::new(),
+    spawn_failures: 0,
+    exits_success: 0,
+    exits_failure: 0,
+    exits_signal: 0,
+    run_time_buckets: [0; RUN_TIME_BUCKETS.len() + 1],
+    run_time_sum: 0.0,
+    started: 0,
+};
+
+/// A service's counters, made at its first count (184 bytes that 1,000 idle services need not
+/// carry): until then they read as zero. Read and written as a `Counters`.
+#[derive(Debug, Default)]
+pub struct LazyCounters(Option<Box<Counters>>);
+
+impl std::ops::Deref for LazyCounters {
+    type Target = Counters;
+
+    fn deref(&self) -> &Counters {
+        self.0.as_deref().unwrap_or(&ZERO)
+    }
+}
+
+impl std::ops::DerefMut for LazyCounters {
+    fn deref_mut(&mut self) -> &mut Counters {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
 /// How a handler ended, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -156,6 +188,17 @@ impl Counters {
     }
 }
 
+/// A service's counts of its clients.
+#[derive(Debug, Default)]
+struct Clients {
+    /// Slots per client group (`source_prefix`).
+    per_source: HashMap<IpAddr, u32>,
+    /// Recent connections per client group, for `per_source_rate`.
+    source_rates: SourceRates,
+    /// Accept times inside the current `rate_limit` window.
+    window: VecDeque<Instant>,
+}
+
 pub struct Entry {
     pub service: Service,
     pub kind: Kind,
@@ -164,12 +207,9 @@ pub struct Entry {
     generation: u32,
     /// Handlers, builtin connections and connections still sending their PROXY header.
     running: u32,
-    /// Slots per client group (`source_prefix`).
-    per_source: HashMap<IpAddr, u32>,
-    /// Recent connections per client group, for `per_source_rate`.
-    source_rates: SourceRates,
-    /// Accept times inside the current `rate_limit` window.
-    window: VecDeque<Instant>,
+    /// What is counted per client, made at the service's first client: a table of 1,000
+    /// idle services carries none of it.
+    clients: Option<Box<Clients>>,
     /// The end of a `rate_limit` pause: nothing new is accepted until then.
     paused_until: Option<Instant>,
     /// The end of a back-off (out of descriptors or processes, or a `wait: true` handler that
@@ -184,7 +224,7 @@ pub struct Entry {
     failed_spawns: u64,
     /// A `wait: true` handler's restart delay while it keeps failing.
     pub wait_restarts: Restarts,
-    pub counters: Counters,
+    pub counters: LazyCounters,
     /// Removed by a reload: no listener, kept only until its last slot is given back.
     retired: bool,
 }
@@ -197,22 +237,24 @@ impl Entry {
             listeners: Vec::new(),
             generation,
             running: 0,
-            per_source: HashMap::new(),
-            source_rates: SourceRates::default(),
-            window: VecDeque::new(),
+            clients: None,
             paused_until: None,
             backoff_until: None,
             full: false,
             backoff_logged: false,
             failed_spawns: 0,
             wait_restarts: Restarts::default(),
-            counters: Counters::default(),
+            counters: LazyCounters::default(),
             retired: false,
         }
     }
 
     pub fn label(&self) -> &str {
         &self.service.label
+    }
+
+    fn clients(&mut self) -> &mut Clients {
+        self.clients.get_or_insert_with(Box::default)
     }
 
     pub fn running(&self) -> u32 {
@@ -257,7 +299,10 @@ impl Entry {
 
 #[derive(Default)]
 pub struct Table {
-    entries: Vec<Entry>,
+    /// Boxed: each entry is made in a heap hole the table's loading left, where one vector of
+    /// them would need a block of its own growing by doubling (712 KiB at 1,000 services).
+    #[allow(clippy::vec_box)]
+    entries: Vec<Box<Entry>>,
     /// The places of retired services, to reuse once nothing counts on them: a list apart,
     /// so that loading a table does not scan every place for each service.
     retired: Vec<usize>,
@@ -265,12 +310,12 @@ pub struct Table {
 
 impl Table {
     pub fn get(&self, id: ServiceId) -> Option<&Entry> {
-        let entry = self.entries.get(id.index as usize)?;
+        let entry = &**self.entries.get(id.index as usize)?;
         (entry.generation == id.generation).then_some(entry)
     }
 
     pub fn get_mut(&mut self, id: ServiceId) -> Option<&mut Entry> {
-        let entry = self.entries.get_mut(id.index as usize)?;
+        let entry = &mut **self.entries.get_mut(id.index as usize)?;
         (entry.generation == id.generation).then_some(entry)
     }
 
@@ -282,7 +327,7 @@ impl Table {
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (ServiceId, &Entry)> {
-        (0..self.entries.len()).map(|index| (self.id_at(index), &self.entries[index]))
+        (0..self.entries.len()).map(|index| (self.id_at(index), &*self.entries[index]))
     }
 
     fn id_at(&self, index: usize) -> ServiceId {
@@ -302,11 +347,11 @@ impl Table {
         match free.map(|position| self.retired.swap_remove(position)) {
             Some(index) => {
                 let generation = self.entries[index].generation.wrapping_add(1);
-                self.entries[index] = Entry::new(service, generation);
+                *self.entries[index] = Entry::new(service, generation);
                 self.id_at(index)
             }
             None => {
-                self.entries.push(Entry::new(service, 0));
+                self.entries.push(Box::new(Entry::new(service, 0)));
                 self.id_at(self.entries.len() - 1)
             }
         }
@@ -353,7 +398,7 @@ impl Table {
         let entry = self.get_mut(id).ok_or(Denied::Gone)?;
         let group = client.map(|client| entry.service.limits.source_prefix.group(client));
         if let Some(group) = group {
-            *entry.per_source.entry(group).or_default() += 1;
+            *entry.clients().per_source.entry(group).or_default() += 1;
         }
         entry.running += 1;
         // A wait service has one handler at a time anyway: no pause to announce.
@@ -377,12 +422,17 @@ impl Table {
             .refusal(client)
             .or_else(|| {
                 let limit = limits.per_source?;
-                let count = entry.per_source.get(&group).copied().unwrap_or(0);
+                let count = entry
+                    .clients
+                    .as_ref()
+                    .and_then(|clients| clients.per_source.get(&group).copied())
+                    .unwrap_or(0);
                 (count >= limit.get()).then_some(Refusal::PerSource)
             })
             .or_else(|| {
                 let rate = limits.per_source_rate?;
-                (!entry.source_rates.admit(group, rate, now)).then_some(Refusal::PerSourceRate)
+                let admitted = entry.clients().source_rates.admit(group, rate, now);
+                (!admitted).then_some(Refusal::PerSourceRate)
             });
         match refusal {
             Some(reason) => {
@@ -400,11 +450,12 @@ impl Table {
         let entry = self.get_mut(service)?;
         entry.running = entry.running.saturating_sub(1);
         if let Some(group) = group
-            && let Some(count) = entry.per_source.get_mut(&group)
+            && let Some(clients) = entry.clients.as_mut()
+            && let Some(count) = clients.per_source.get_mut(&group)
         {
             *count -= 1;
             if *count == 0 {
-                entry.per_source.remove(&group);
+                clients.per_source.remove(&group);
             }
         }
         if entry.full && entry.below_max() {
@@ -421,18 +472,18 @@ impl Table {
         let entry = self.get_mut(id)?;
         entry.counters.accepted += 1;
         let limit = entry.service.limits.rate_limit?;
-        entry.window.push_back(now);
-        while entry
-            .window
+        let window = &mut entry.clients().window;
+        window.push_back(now);
+        while window
             .front()
             .is_some_and(|first| now.duration_since(*first) >= limit.per)
         {
-            entry.window.pop_front();
+            window.pop_front();
         }
-        if entry.window.len() < limit.max as usize {
+        if window.len() < limit.max as usize {
             return None;
         }
-        entry.window.clear();
+        window.clear();
         let until = now + limit.pause;
         entry.paused_until = Some(until);
         events::paused_rate_limit(entry.label(), limit.pause);
@@ -595,6 +646,25 @@ mod tests {
         assert!(table.resume(id, until));
         assert!(table.get(id).unwrap().may_accept());
         assert_eq!(table.get(id).unwrap().counters.accepted, 4);
+    }
+
+    #[test]
+    fn an_idle_service_carries_no_counters_or_client_counts_until_its_first_client() {
+        let mut table = Table::default();
+        let id = table.insert(service("idle"));
+        let entry = table.get(id).unwrap();
+        assert!(entry.counters.0.is_none() && entry.clients.is_none());
+        assert_eq!(entry.counters.accepted, 0);
+        assert_eq!(
+            entry.counters.run_time_buckets,
+            [0; RUN_TIME_BUCKETS.len() + 1]
+        );
+        assert_eq!(table.count_accept(id, Instant::now()), None);
+        let slot = table.admit(id, ip("192.0.2.1"), Instant::now()).unwrap();
+        let entry = table.get(id).unwrap();
+        assert!(entry.counters.0.is_some() && entry.clients.is_some());
+        assert_eq!(entry.counters.accepted, 1);
+        assert_eq!(table.release(slot), None);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::harness::{
     Daemon, Service, TestDir, assert_refused, connect, exchange, has_datagram, is_root, read_line,
-    read_to_eof, udp_client, udp_exchange, udp_socket_on, udp_sync, udp_sync_service, wait_until,
+    read_to_eof, receive_from, udp_client, udp_exchange, udp_socket_on, udp_sync, udp_sync_service,
+    wait_until,
 };
 
 const BUILTINS: [&str; 5] = ["echo", "discard", "chargen", "daytime", "time"];
@@ -320,6 +321,46 @@ fn udp_builtins_drop_datagrams_from_the_ports_of_answering_services() {
             "a builtin answered source port {}",
             socket.local_addr().unwrap().port()
         );
+    }
+}
+
+/// The echo builtin reads queued datagrams in batches (recvmmsg/sendmmsg): a burst from
+/// several clients, more than one batch, large and small, each gets its own datagram back,
+/// in order, from the service's address.
+#[test]
+fn udp_echo_answers_a_burst_from_several_clients_each_with_its_own_datagram() {
+    let dir = TestDir::new("builtins-udp-burst");
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::builtin("echo", "echo").set("protocol", "udp")],
+    );
+    let echo = daemon.udp_address("echo");
+    let clients: Vec<UdpSocket> = (0..4).map(|_| udp_client()).collect();
+    let payload = |client: usize, round: usize| -> Vec<u8> {
+        let size = match (client, round) {
+            (0, 2) => 60_000,
+            _ => 1 + 97 * (client * 5 + round),
+        };
+        (0..size).map(|i| (i + client * 7 + round) as u8).collect()
+    };
+    for round in 0..5 {
+        for (index, client) in clients.iter().enumerate() {
+            client.send_to(&payload(index, round), echo).unwrap();
+        }
+    }
+    for round in 0..5 {
+        for (index, client) in clients.iter().enumerate() {
+            let reply = receive_from(client, echo);
+            assert!(
+                reply == payload(index, round),
+                "client {index}, datagram {round}: {} bytes back for {}",
+                reply.len(),
+                payload(index, round).len()
+            );
+        }
+    }
+    for client in &clients {
+        assert!(!has_datagram(client), "an unexpected datagram");
     }
 }
 
