@@ -142,6 +142,7 @@ static ZERO: Counters = Counters {
     run_time_buckets: [0; RUN_TIME_BUCKETS.len() + 1],
     run_time_sum: 0.0,
     started: 0,
+    tls_handshake_failures: 0,
 };
 
 /// A service's counters, made at its first count (184 bytes that 1,000 idle services need not
