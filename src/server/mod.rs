@@ -204,6 +204,8 @@ impl Server {
         for address in self.listeners.close_unclaimed() {
             events::inherited_unclaimed(&address);
         }
+        // Start-up's temporary allocations are gone: the holes they left go back.
+        crate::spawn::release_free_heap();
         // Once, before saying ready, so that what a service keeps at rest (the output pipe
         // made ahead) is there when ready is reported.
         for token in std::mem::take(&mut self.runnable) {

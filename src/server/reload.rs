@@ -165,6 +165,8 @@ impl Server {
                 events::reload_checked(started.elapsed());
                 self.apply(services);
                 self.daemon.reloads_ok += 1;
+                // The old table and the plan are dropped by now: their pages go back.
+                crate::spawn::release_free_heap();
             }
             Err(errors) => {
                 self.daemon.reloads_failed += 1;
