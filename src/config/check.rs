@@ -2080,6 +2080,8 @@ fn service_at(root: &Node, line: u64) -> Option<String> {
         .iter()
         .find(|(key, _)| key_text(key) == Some("name"))
         .and_then(|(_, value)| value.scalar())
+        // A name the error cut short reads as empty: better no name than `service ""`.
+        .filter(|name| !name.text.is_empty())
         .map(|name| name.text.clone())
 }
 

@@ -660,6 +660,24 @@ fn a_duplicate_name_on_an_entry_with_another_mistake_was_reported_only_in_a_seco
     )));
 }
 
+/// A tab on the line after `name: b` cuts the name short (a plain scalar may go on over
+/// lines): the message named `service ""`.
+#[test]
+fn a_tab_right_after_a_name_was_reported_for_service_empty_quotes() {
+    let (dir, server) = dir_with_handlers("tab-after-name");
+    let config = dir.config(&format!(
+        "services:\n  - name: a\n    port: 0\n    server: {server}\n  - name: b\n\tport: 2\n"
+    ));
+    let output = check_config(&config);
+    let text = all_output(&output);
+    assert_eq!(output.status.code(), Some(EX_CONFIG), "{text}");
+    assert!(
+        text.contains(&format!("{}:6:1: a tab character", config.display())),
+        "{text}"
+    );
+    assert!(!text.contains("service \"\""), "{text}");
+}
+
 /// The table of issue 9: eight mistakes of eight kinds in eight services. serde stopped at the
 /// first; every one is reported in one run, in line order, each at its own line and column.
 #[test]
