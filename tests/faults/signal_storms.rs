@@ -3,6 +3,7 @@
 //! connection fails, no reload is refused, and the table rinetd ends on is the last one written.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -36,11 +37,10 @@ struct Ports {
     extras: [u16; 3],
 }
 
-fn table(dir: &TestDir, ports: &Ports, version: usize) -> String {
-    let hello = dir.script("hello.sh", "echo \"hello $VERSION\"");
+fn table(hello: &Path, ports: &Ports, version: usize) -> String {
     let extra = ["alpha", "beta", "final"][version];
     services_yaml(&[
-        Service::new("hello", &hello)
+        Service::new("hello", hello)
             .set("port", &ports.hello.to_string())
             .set("env", &format!("{{VERSION: \"{version}\"}}")),
         Service::builtin("echo", "echo").set("port", &ports.echo.to_string()),
@@ -75,16 +75,21 @@ fn a_storm_of_sighup_and_sigusr1_under_load_fails_no_connection_and_ends_on_the_
             free_port_on_both_families(),
         ],
     };
-    install(&dir, &table(&dir, &ports, 0));
+    let hello = dir.script("hello.sh", "echo \"hello $VERSION\"");
+    install(&dir, &table(&hello, &ports, 0));
     let daemon = Daemon::spawn(Daemon::command(&dir.join("rinetd.conf")));
     let baseline = Footprint::of(&daemon);
     let cpu = CpuMeter::start(daemon.pid());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let served = AtomicUsize::new(0);
+    // Per load thread: hello, hello, echo, uecho.
+    let served: [AtomicUsize; 4] = Default::default();
     let failures = std::sync::Mutex::new(Vec::<String>::new());
     let started = Instant::now();
     let (reloads_written, storm_seconds) = thread::scope(|scope| {
+        // The load threads stop however this closure ends: a failed wait must not leave the
+        // scope waiting for them forever.
+        let _stop_load = StopOnDrop(&stop);
         // Four load threads: two on the handler, one on each builtin.
         for n in 0..4 {
             let (stop, served, failures, ports) = (&stop, &served, &failures, &ports);
@@ -97,7 +102,7 @@ fn a_storm_of_sighup_and_sigusr1_under_load_fails_no_connection_and_ends_on_the_
                         _ => udp_round_trip(&udp, localhost(ports.uecho)),
                     };
                     match result {
-                        Ok(()) => served.fetch_add(1, Ordering::Relaxed),
+                        Ok(()) => served[n].fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             failures.lock().unwrap().push(format!("thread {n}: {e}"));
                             0
@@ -116,7 +121,7 @@ fn a_storm_of_sighup_and_sigusr1_under_load_fails_no_connection_and_ends_on_the_
                 if n > 0 {
                     thread::sleep(BURST_PAUSE);
                 }
-                install(&dir, &table(&dir, &ports, (n / TABLE_EVERY) % 2));
+                install(&dir, &table(&hello, &ports, (n / TABLE_EVERY) % 2));
                 written += 1;
             }
             send_signal(daemon.pid(), Signal::SIGHUP);
@@ -124,7 +129,7 @@ fn a_storm_of_sighup_and_sigusr1_under_load_fails_no_connection_and_ends_on_the_
         }
         let storm_seconds = storm.elapsed().as_secs_f64();
         // The last table, then its reload: the load goes on until it is in force.
-        install(&dir, &table(&dir, &ports, 2));
+        install(&dir, &table(&hello, &ports, 2));
         send_signal(daemon.pid(), Signal::SIGHUP);
         wait_until("the last table is in force", || {
             daytime_answers(localhost(ports.extras[2]))
@@ -166,7 +171,7 @@ fn a_storm_of_sighup_and_sigusr1_under_load_fails_no_connection_and_ends_on_the_
         })
         .collect();
     let failures = failures.into_inner().unwrap();
-    let served = served.into_inner();
+    let served = served.map(AtomicUsize::into_inner);
     let reloads = daemon.count_lines("rinetd: reloaded ");
     let dumps = daemon.count_lines("rinetd: status services=");
     let refused_reloads = daemon.count_lines("reload failed");
@@ -183,7 +188,10 @@ fn a_storm_of_sighup_and_sigusr1_under_load_fails_no_connection_and_ends_on_the_
         .add("reloads_applied", reloads)
         .add("reloads_refused", refused_reloads)
         .add("status_dumps", dumps)
-        .add("served", served)
+        .add("served", served.iter().sum::<usize>())
+        .add("served_hello", served[0] + served[1])
+        .add("served_echo", served[2])
+        .add("served_udp_echo", served[3])
         .add("refused", daemon.count_lines(": refused "))
         .add("failed", failures.len())
         .add("seconds", format!("{:.1}", elapsed.as_secs_f64()))
@@ -198,7 +206,10 @@ fn a_storm_of_sighup_and_sigusr1_under_load_fails_no_connection_and_ends_on_the_
         "connections failed: {:?}",
         &failures[..failures.len().min(10)]
     );
-    assert!(served > 0);
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "a load thread was never served: {served:?}"
+    );
     assert_eq!(refused_reloads, 0, "a reload was refused");
     assert!(
         (2..=SIGNALS + 1).contains(&reloads),
@@ -218,6 +229,14 @@ fn a_storm_of_sighup_and_sigusr1_under_load_fails_no_connection_and_ends_on_the_
         "the last dump: {listed:?}"
     );
     assert_eq!(gone, [true, true], "alpha and beta still listen");
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 fn hello_round_trip(address: SocketAddr) -> Result<(), String> {
