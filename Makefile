@@ -171,15 +171,15 @@ bench-quick: build
 # against the release build.
 SOAK_SECONDS ?= 600
 SHORT_SOAK_SECONDS ?= 60
-FAULTS := $(CARGO) test --test faults -- --ignored --nocapture --test-threads=1
+FAULTS := RINETD_BIN=$(CURDIR)/target/release/rinetd $(CARGO) test --test faults -- --ignored --nocapture --test-threads=1
 
 .PHONY: test-long faults test-defects soak soak-short
 test-long: faults soak-short
 
-faults: deps
+faults: deps build
 	$(FAULTS) --skip defect_
 
-test-defects: deps
+test-defects: deps build
 	$(FAULTS) defect_
 
 soak: build

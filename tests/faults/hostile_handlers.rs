@@ -7,13 +7,15 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Daemon, Service, TestDir, wait_until};
+use crate::harness::{Daemon, Service, TestDir};
 use crate::support::{
-    CpuMeter, Figures, Footprint, LatencyProbe, assert_back_to, closed_within, percent,
-    run_clients, try_read_line,
+    CpuMeter, Figures, Footprint, LatencyProbe, assert_back_to, children_of, closed_within,
+    percent, run_clients, try_read_line, wait_for_count, wait_until_within,
 };
 
 const RSS_SLACK_KIB: u64 = 1024;
+/// How long a whole fault may take: 100 MB through a debug build on a loaded machine is slow.
+const FAULT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A daemon serving the hostile handler as `hostile`, an echo builtin `probe` whose latency is
 /// watched, and a well-behaved handler `hello` that must still answer afterwards.
@@ -48,10 +50,10 @@ fn run_fault(
 ) -> Run {
     // One connection first, so that what the first handler allocates is in the baseline.
     let _ = client(daemon);
-    wait_until("the warm-up handler is reaped", || {
-        crate::support::children_of(daemon.pid()).is_empty()
-            && daemon.count_lines("hostile/tcp: exited ") >= 1
+    wait_until_within("the warm-up handler is reaped", FAULT_DEADLINE, || {
+        children_of(daemon.pid()).is_empty()
     });
+    wait_for_count(daemon, "hostile/tcp: exited ", 1, FAULT_DEADLINE);
     let warm_up_exits = daemon.count_lines("hostile/tcp: exited ");
     let baseline = Footprint::of(daemon);
     let probe = LatencyProbe::start(daemon.addresses("probe")[0]);
@@ -61,9 +63,11 @@ fn run_fault(
     let results = run_clients(clients, each, |_, _| client(daemon));
 
     let connections = clients * each;
-    wait_until("every hostile handler is logged as exited", || {
-        daemon.count_lines("hostile/tcp: exited ") >= warm_up_exits + connections
-    });
+    wait_until_within(
+        "every hostile handler is logged as exited",
+        FAULT_DEADLINE,
+        || daemon.count_lines("hostile/tcp: exited ") >= warm_up_exits + connections,
+    );
     let elapsed = started.elapsed();
     let cpu_seconds = cpu.seconds();
     let latencies = probe.stop();

@@ -101,6 +101,37 @@ impl CpuMeter {
     }
 }
 
+/// Polls `condition` until it holds; fails the test with `what` after `within` (for faults
+/// that take longer than the harness's `DEADLINE` on a loaded machine).
+pub fn wait_until_within(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `count` lines of the log contain `pattern`, looking rarely: counting holds the
+/// log's lock, and while it is held the harness cannot take rinetd's next lines, so with a huge
+/// log, frequent counting would make rinetd wait on its own stderr and distort what is measured.
+pub fn wait_for_count(daemon: &Daemon, pattern: &str, count: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = daemon.count_lines(pattern);
+        if seen >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {count} lines with {pattern:?} ({seen} so far)"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// A bounded wait that proves something does *not* happen (no busy loop, no early close):
 /// the only sleep the fault tests use.
 pub fn watch_for(period: Duration) {

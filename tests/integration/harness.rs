@@ -27,8 +27,16 @@ pub const EX_CONFIG: i32 = 78;
 /// The exit status of an operating-system error at start-up (EX_OSERR).
 pub const EX_OSERR: i32 = 71;
 
+/// The binary under test: `RINETD_BIN` when set (`make test-long` and `make soak` measure the
+/// release build), else the one cargo built for these tests.
+pub fn rinetd_path() -> PathBuf {
+    std::env::var_os("RINETD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rinetd")))
+}
+
 pub fn rinetd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rinetd"))
+    Command::new(rinetd_path())
 }
 
 /// Runs `rinetd -t -c CONFIG` and returns its output.
@@ -307,7 +315,7 @@ pub fn wrapped(wrapper: &[&str], config: &Path) -> Command {
     let mut command = Command::new(wrapper[0]);
     command
         .args(&wrapper[1..])
-        .arg(env!("CARGO_BIN_EXE_rinetd"))
+        .arg(rinetd_path())
         .arg("-c")
         .arg(config)
         .args(["-f", "--log", "stderr"]);

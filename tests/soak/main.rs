@@ -18,7 +18,7 @@ mod support;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -332,16 +332,10 @@ fn run_load(ports: &Ports, counts: &Counts, stop: &AtomicBool, since: Instant) {
 // rinetd
 // ---------------------------------------------------------------------------------------------
 
-fn rinetd_binary() -> PathBuf {
-    std::env::var_os("RINETD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rinetd")))
-}
-
 /// rinetd in the foreground, its log in `log` (a file: a million connections are two million
 /// lines, more than the tests' in-memory log should hold).
 fn start_rinetd(config: &Path, log: &Path) -> Child {
-    let child = Command::new(rinetd_binary())
+    let child = Command::new(harness::rinetd_path())
         .arg("-c")
         .arg(config)
         .args(["-f", "--log", "stderr"])
@@ -538,7 +532,7 @@ fn soak() {
     let elapsed = samples.last().unwrap().at.duration_since(samples[0].at);
     eprintln!(
         "SOAK binary={} seconds={seconds} warm_up={}s window={}s",
-        rinetd_binary().display(),
+        harness::rinetd_path().display(),
         warm_up.as_secs(),
         window.as_secs()
     );
