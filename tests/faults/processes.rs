@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use crate::harness::{Daemon, PidsCgroup, Service, TestDir, is_root, wait_until};
+use crate::harness::{Daemon, PidsCgroup, Service, TestDir, is_root};
 use crate::support::{
     CpuMeter, Figures, Footprint, IDLE_CPU_SHARE, LatencyProbe, assert_back_to, percent,
     try_read_line, watch_for,
@@ -126,7 +126,7 @@ fn start_nproc_limited(dir: &TestDir) -> Daemon {
 
 #[test]
 #[ignore = "long: make test-long"]
-fn out_of_processes_for_the_handlers_user_the_exec_failure_is_logged_and_rinetd_recovers() {
+fn out_of_processes_for_the_handlers_user_rinetd_keeps_the_backlog_logs_once_and_recovers() {
     if !is_root() {
         eprintln!("skipped: needs root to run handlers as another user");
         return;
@@ -134,80 +134,69 @@ fn out_of_processes_for_the_handlers_user_the_exec_failure_is_logged_and_rinetd_
     let dir = TestDir::new("fault-nproc");
     let daemon = start_nproc_limited(&dir);
     let baseline = Footprint::of(&daemon);
-    let probe = LatencyProbe::start(daemon.addresses("probe")[0]);
-    let cpu = CpuMeter::start(daemon.pid());
 
-    // The first handlers fill the user's processes; the next ones cannot exec.
+    // The first handlers fill the user's processes; the next one cannot exec, and the rest
+    // wait for the back-off to end.
     let mut clients: Vec<_> = (0..CLIENTS).map(|_| daemon.connect("hold")).collect();
-    let failure = daemon.wait_for_line("hold/tcp: spawn failed pid=");
-    wait_until(
-        "every client has had its handler, and every failed one has exited",
-        || {
-            daemon.count_lines("hold/tcp: accepted ") == CLIENTS
-                && daemon.count_lines("hold/tcp: exited ")
-                    >= daemon.count_lines("hold/tcp: spawn failed ")
-        },
-    );
+    let first_failure = daemon.wait_for_line("hold/tcp: fork failed error=");
+    let probe = LatencyProbe::start(daemon.addresses("probe")[0]);
+    let lines_before = daemon.lines().len();
+    let cpu = CpuMeter::start(daemon.pid());
+    watch_for(EXHAUSTED_FOR);
     let cpu_share = cpu.share();
-    let (served, lost) = finish_clients(&mut clients);
+    let failed_lines = daemon.lines()[lines_before..]
+        .iter()
+        .filter(|line| line.contains("fork failed") || line.contains("spawn failed"))
+        .count();
     let latencies = probe.stop();
+    let running = daemon.count_lines("hold/tcp: accepted ");
 
-    // Once the user's processes are gone, handlers start again.
-    let mut later = daemon.connect("hold");
-    writeln!(later, "later").unwrap();
-    let recovered = try_read_line(&mut later);
-    let spawn_failed_lines = daemon.count_lines("hold/tcp: spawn failed");
+    let (served, lost) = finish_clients(&mut clients);
+    let recovered =
+        daemon.wait_for_line_after(&first_failure, "hold/tcp: spawn recovered failures=");
+    let attempts: u64 = recovered.field("failures").parse().unwrap();
+    let refused = daemon.count_lines("refused");
     let after = assert_back_to(&daemon, baseline, RSS_SLACK_KIB);
     Figures::new("rlimit-nproc")
         .add("nproc", HANDLERS)
         .add("clients", CLIENTS)
+        .add("running_while_exhausted", running)
         .add("served", served)
-        .add("refused", daemon.count_lines("refused"))
+        .add("refused", refused)
         .add("lost", lost.len())
-        .add("spawn_failed_lines", spawn_failed_lines)
-        .add("cpu", percent(cpu_share))
+        .add("failed_exec_attempts", attempts)
+        .add("failure_lines_in_window", failed_lines)
+        .add("cpu_while_exhausted", percent(cpu_share))
         .add("probe", latencies.summary())
         .add("fds_before", baseline.fds)
         .add("fds_after", after.fds)
         .add("rss_kib_before", baseline.rss_kib)
         .add("rss_kib_after", after.rss_kib)
         .print();
-    // The child reports the errno in the kernel's words (nix's table: async-signal-safe).
-    let reason = failure.field("error");
-    assert!(
-        reason.ends_with(": Try again") || reason.ends_with(": Resource temporarily unavailable"),
-        "{}",
-        failure.text
-    );
-    // The user's limit, give or take the one whose count the kernel checks late.
-    assert!(
-        (HANDLERS - 1..=HANDLERS + 1).contains(&served),
-        "{served} served with nproc {HANDLERS}"
-    );
-    assert_eq!(recovered, Ok("done later".to_string()), "not served again");
-    // Each client over the limit cost one fork and one logged failure: no retry loop.
-    assert_eq!(spawn_failed_lines, lost.len(), "{lost:?}");
-    latencies.assert_answered_in_time("exec failed for lack of processes");
-}
-
-#[test]
-#[ignore = "defect: an exec that fails with EAGAIN (RLIMIT_NPROC) loses its client"]
-fn defect_exec_eagain_under_rlimit_nproc_loses_the_client_instead_of_keeping_it() {
-    // The promise for process exhaustion, "backlog kept", applied to RLIMIT_NPROC: a
-    // client whose handler could not exec for lack of processes should wait and be served
-    // once the user's processes exit, as it is when fork fails in a pids cgroup.
-    if !is_root() {
-        eprintln!("skipped: needs root to run handlers as another user");
-        return;
-    }
-    let dir = TestDir::new("defect-nproc");
-    let daemon = start_nproc_limited(&dir);
-    let mut clients: Vec<_> = (0..HANDLERS + 3).map(|_| daemon.connect("hold")).collect();
-    daemon.wait_for_line("hold/tcp: spawn failed pid=");
-    let (served, lost) = finish_clients(&mut clients);
     assert_eq!(
-        served,
-        clients.len(),
-        "clients over the limit were closed, not kept: {lost:?}"
+        first_failure.field("error"),
+        "Resource temporarily unavailable",
+        "{}",
+        first_failure.text
     );
+    assert!(lost.is_empty(), "clients lost: {lost:?}");
+    assert_eq!(served, CLIENTS);
+    assert_eq!(refused, 0);
+    // The user's limit, give or take the one whose count the kernel checks late (at setuid,
+    // before the new process counts for its user).
+    assert!(
+        running <= HANDLERS + 1,
+        "{running} handlers for nproc {HANDLERS}"
+    );
+    assert_eq!(daemon.count_lines("hold/tcp: spawn failed"), 0);
+    assert!(
+        cpu_share < IDLE_CPU_SHARE,
+        "rinetd used {} of a core while exec failed",
+        percent(cpu_share)
+    );
+    assert_eq!(
+        failed_lines, 0,
+        "the failure is logged once until a handler starts again"
+    );
+    latencies.assert_answered_in_time("exec failed for lack of processes");
 }

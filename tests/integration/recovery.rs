@@ -119,6 +119,47 @@ fn fork_failure_accepts_and_closes_a_connection_per_backoff() {
 }
 
 #[test]
+fn an_exec_that_fails_for_lack_of_processes_keeps_its_client_for_the_end_of_the_backoff() {
+    // RLIMIT_NPROC for the handler's user is checked at execve: the child could not exec with
+    // EAGAIN, and its client used to be closed unserved. Now it waits like a fork failure's.
+    if !is_root() {
+        eprintln!("skipped: needs root to run handlers as another user");
+        return;
+    }
+    let dir = TestDir::new("exec-eagain");
+    // A uid with no passwd entry and no process: RLIMIT_NPROC counts this test's handlers only.
+    let service = holding_service(&dir)
+        .set("user", "\"64998\"")
+        .set("rlimits", "{nproc: 1}");
+    let daemon = Daemon::start(&dir, &[service]);
+    let mut first = daemon.connect("hold");
+    daemon.accepted("hold", &first);
+    // The kernel lets one more through (the count it checks at setuid leaves the new process
+    // out), so two clients wait behind the first: at least one meets the limit.
+    let mut waiting: Vec<_> = (0..3).map(|_| daemon.connect("hold")).collect();
+    let failed = daemon.wait_for_line("hold/tcp: fork failed error=");
+    assert!(
+        failed.text.contains("Resource temporarily unavailable"),
+        "{}",
+        failed.text
+    );
+    for (n, client) in waiting.iter_mut().enumerate() {
+        writeln!(client, "w{n}").unwrap();
+    }
+    writeln!(first, "x").unwrap();
+    assert_eq!(read_line(&mut first), "done x");
+    for (n, client) in waiting.iter_mut().enumerate() {
+        assert_eq!(read_line(client), format!("done w{n}"), "client {n}");
+    }
+    daemon.wait_for_line_after(&failed, "hold/tcp: spawn recovered failures=");
+    assert!(
+        !daemon.lines().iter().any(|l| l.contains("spawn failed")),
+        "{:#?}",
+        daemon.lines()
+    );
+}
+
+#[test]
 fn a_non_root_daemon_runs_handlers_that_name_its_own_user() {
     if !is_root() {
         eprintln!("skipped: needs root to start rinetd as nobody");
