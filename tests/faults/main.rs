@@ -2,7 +2,8 @@
 //! hostile clients and signal storms, each asserting figures it also prints
 //! (`FIGURES fault=…`). They take minutes, so they are `#[ignore]`d in `make test` and run by
 //! `make test-long` (`cargo test --test faults -- --ignored --test-threads=1`: one at a time,
-//! so that one fault's load does not blur another's CPU and latency figures).
+//! so that one fault's load does not blur another's CPU and latency figures), against the
+//! release build (`RINETD_BIN`), the one whose figures matter.
 
 // The tests prepare the processes they start (pre_exec, pidfd_open), each with its SAFETY line.
 #![allow(unsafe_code)]
