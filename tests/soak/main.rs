@@ -388,6 +388,11 @@ struct Sample {
     rss_kib: u64,
 }
 
+/// Connections per second between two samples.
+fn rate(from: &Sample, to: &Sample) -> f64 {
+    (to.connections - from.connections) as f64 / to.at.duration_since(from.at).as_secs_f64()
+}
+
 /// rinetd's CPU per connection in µs between two samples.
 fn cpu_us_per_connection(from: &Sample, to: &Sample) -> f64 {
     let connections = (to.connections - from.connections).max(1) as f64;
@@ -552,16 +557,20 @@ fn soak() {
          (warm-up included)"
     );
     eprintln!(
-        "SOAK start: rss_kib={} fds={} cpu_us_per_connection={cpu_start:.1} (first {}s)",
+        "SOAK start: rss_kib={} fds={} cpu_us_per_connection={cpu_start:.1} (first {}s, {:.0} \
+         connections/s)",
         start.rss_kib,
         start.fds,
-        window.as_secs()
+        window.as_secs(),
+        rate(&w0, &w1)
     );
     eprintln!(
-        "SOAK end:   rss_kib={} fds={} cpu_us_per_connection={cpu_end:.1} (last {}s)",
+        "SOAK end:   rss_kib={} fds={} cpu_us_per_connection={cpu_end:.1} (last {}s, {:.0} \
+         connections/s)",
         end.rss_kib,
         end.fds,
-        window.as_secs()
+        window.as_secs(),
+        rate(&w2, &w3)
     );
     eprintln!(
         "SOAK whole run: cpu_us_per_connection={cpu_all:.1} rss_kib_under_load min={} max={} \
