@@ -178,6 +178,11 @@ bench: build
 bench-quick: build
 	bench/run.sh --quick $(BENCH_ARGS)
 
+# `make test-long`: the checks too slow for `make test` (.ci/run runs it after `make test`).
+# Each part adds itself as a prerequisite, `test-long: test-long-PART`, in a block of its own.
+.PHONY: test-long
+test-long:
+
 # --- Fuzzing (issue 12): the cargo-fuzz targets in fuzz/ (see fuzz/README.md), each run for
 # FUZZ_SECONDS at nice 19; FUZZ_TARGETS picks some. Needs the nightly toolchain; installs
 # cargo-fuzz when missing. A crash or hang fails the run and is kept in fuzz/artifacts/.
@@ -187,13 +192,35 @@ FUZZ_TARGETS ?=
 fuzz:
 	fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
-# `make test-long`: the checks too slow for `make test` (.ci/run runs it after `make test`).
-# Each part adds itself as a prerequisite, `test-long: test-long-PART`, in a block of its own.
-.PHONY: test-long
-test-long:
-
 # Fuzzing's part: every target for 20 s (skipped, saying why, without a nightly toolchain).
 .PHONY: test-long-fuzz
 test-long: test-long-fuzz
 test-long-fuzz:
 	fuzz/run.sh --if-available 20
+
+# --- Fault injection and soak (issue 12) ------------------------------------------------------
+# Fault injection's part of `make test-long`: the fault-injection tests (tests/faults,
+# `#[ignore]`d in `make test`), one at a time so that one fault's load does not blur another's
+# CPU and latency figures, and a short soak. Each prints `FIGURES fault=…` / `SOAK …` lines.
+# Tests named `defect_…` pin defects not fixed yet: `make test-defects` runs them.
+# `make soak` is the long run: SOAK_SECONDS (default 600) of mixed load with a reload a second,
+# against the release build.
+SOAK_SECONDS ?= 600
+SHORT_SOAK_SECONDS ?= 60
+FAULTS := RINETD_BIN=$(CURDIR)/target/release/rinetd $(CARGO) test --test faults -- --ignored --nocapture --test-threads=1
+
+.PHONY: faults test-defects soak soak-short
+test-long: faults soak-short
+
+faults: deps build
+	$(FAULTS) --skip defect_
+
+test-defects: deps build
+	$(FAULTS) defect_
+
+soak: build
+	RINETD_BIN=$(CURDIR)/target/release/rinetd SOAK_SECONDS=$(SOAK_SECONDS) \
+		$(CARGO) test --test soak -- --ignored --nocapture
+
+soak-short:
+	$(MAKE) soak SOAK_SECONDS=$(SHORT_SOAK_SECONDS)

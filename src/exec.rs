@@ -35,6 +35,10 @@ pub struct ChildPlan<'a> {
     pub umask: libc::mode_t,
     pub cwd: &'a CStr,
     pub credentials: Option<(&'a [gid_t], gid_t, libc::uid_t)>,
+    /// Where a failing child leaves its errno before it exits, for the parent to read once
+    /// CLONE_VFORK lets it go on (it shares this memory); null when the child has its own
+    /// memory (fork), and then only the report line tells.
+    pub failed_errno: *mut c_int,
 }
 
 /// The most sockets a child can be handed (the child has no heap to hold more).
@@ -58,7 +62,7 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
             || libc::dup2(plan.stdout, 1) < 0
             || libc::dup2(plan.stderr, 2) < 0
         {
-            fail(report, b"dup2", None);
+            fail(plan, report, b"dup2", None);
         }
         let sockets = &plan.listening[..plan.listening.len().min(MAX_SOCKETS)];
         let first_free = 3 + sockets.len() as c_int;
@@ -72,13 +76,13 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
             for (copy, socket) in above.iter_mut().zip(sockets) {
                 *copy = libc::fcntl(*socket, libc::F_DUPFD_CLOEXEC, first_free);
                 if *copy < 0 {
-                    fail(report, b"dup", None);
+                    fail(plan, report, b"dup", None);
                 }
             }
             for (target, copy) in (3..first_free).zip(&above) {
                 // The copies are close-on-exec, and so is dup2's result: cleared explicitly.
                 if libc::dup2(*copy, target) < 0 || libc::fcntl(target, libc::F_SETFD, 0) < 0 {
-                    fail(report, b"dup2", None);
+                    fail(plan, report, b"dup2", None);
                 }
                 let flags = libc::fcntl(target, libc::F_GETFL);
                 libc::fcntl(target, libc::F_SETFL, flags & !libc::O_NONBLOCK);
@@ -113,33 +117,33 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
 
         for (resource, limit) in plan.rlimits {
             if libc::setrlimit(*resource as _, limit) < 0 {
-                fail(report, b"setrlimit", None);
+                fail(plan, report, b"setrlimit", None);
             }
         }
         if let Some(nice) = plan.nice
             && libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0
         {
-            fail(report, b"setpriority", None);
+            fail(plan, report, b"setpriority", None);
         }
         libc::umask(plan.umask);
         if libc::chdir(plan.cwd.as_ptr()) < 0 {
-            fail(report, b"chdir", Some(plan.cwd));
+            fail(plan, report, b"chdir", Some(plan.cwd));
         }
         // Raw syscalls, as glibc's own spawn child does: glibc's wrappers may run its setxid
         // machinery (locks and state shared with rinetd, whose memory this child borrows).
         if let Some((groups, gid, uid)) = plan.credentials {
             if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0 {
-                fail(report, b"setgroups", None);
+                fail(plan, report, b"setgroups", None);
             }
             if libc::syscall(libc::SYS_setgid, gid) < 0 {
-                fail(report, b"setgid", None);
+                fail(plan, report, b"setgid", None);
             }
             if libc::syscall(libc::SYS_setuid, uid) < 0 {
-                fail(report, b"setuid", None);
+                fail(plan, report, b"setuid", None);
             }
         }
         libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-        fail(report, b"exec", Some(plan.path))
+        fail(plan, report, b"exec", Some(plan.path))
     }
 }
 
@@ -166,9 +170,15 @@ unsafe fn write_decimal(slot: *mut u8, mut n: u32) {
     unsafe { *slot.add(count) = 0 };
 }
 
-/// Writes `rinetd-spawn: cannot STEP [WHAT]: REASON\n` to `report` and exits 127.
-fn fail(report: RawFd, step: &[u8], what: Option<&CStr>) -> ! {
+/// Leaves the errno in `plan.failed_errno`, writes `rinetd-spawn: cannot STEP [WHAT]: REASON\n`
+/// to `report` and exits 127.
+fn fail(plan: &ChildPlan<'_>, report: RawFd, step: &[u8], what: Option<&CStr>) -> ! {
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    if !plan.failed_errno.is_null() {
+        // SAFETY: the parent made this slot for this child, keeps it alive while it is
+        // suspended, and reads it only once the child has exited.
+        unsafe { plan.failed_errno.write_volatile(errno) };
+    }
     let reason = nix::errno::Errno::from_raw(errno).desc().as_bytes();
     let what = what.map_or(&[][..], CStr::to_bytes);
     let parts: [&[u8]; 8] = [

@@ -320,6 +320,8 @@ impl Spawner {
             StderrMode::Socket => (socket, output_writer.as_raw_fd()),
             StderrMode::Null => (null, output_writer.as_raw_fd()),
         };
+        let share_memory = plan.credentials.is_none() || self.memory_sharing_is_safe;
+        let mut failed_errno: libc::c_int = 0;
         let child_plan = ChildPlan {
             path: &plan.path,
             argv,
@@ -338,11 +340,15 @@ impl Spawner {
             umask: plan.umask as libc::mode_t,
             cwd: &plan.cwd,
             credentials,
+            failed_errno: if share_memory {
+                &raw mut failed_errno
+            } else {
+                std::ptr::null_mut()
+            },
         };
         // With every signal blocked until the child has reset them, a signal meant for it cannot
         // run rinetd's handlers in it (they would write to rinetd's own self-pipe).
         let saved = signals::block_all();
-        let share_memory = plan.credentials.is_none() || self.memory_sharing_is_safe;
         let started = if share_memory {
             // SAFETY: this is posix_spawn's technique. With CLONE_VM the child runs in rinetd's
             // memory on the reserved stack, and with CLONE_VFORK rinetd stays suspended until the
@@ -377,12 +383,32 @@ impl Spawner {
         if started < 0 {
             return Err(error);
         }
+        // SAFETY: the slot is this function's local; the child wrote it (if it failed) before
+        // exiting, which it has done if it failed, since CLONE_VFORK only then let rinetd go on.
+        // Volatile: it was written behind the compiler's back.
+        let failed = unsafe { (&raw const failed_errno).read_volatile() };
+        if is_resource_shortage(failed) {
+            // The handler's user is out of processes (RLIMIT_NPROC is checked at execve) or the
+            // machine out of memory or descriptors: as when fork fails, the caller keeps the
+            // client and backs off instead of losing it. The child has exited: reaped here, it
+            // is never taken for a handler.
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(started), None);
+            return Err(io::Error::from_raw_os_error(failed));
+        }
         drop(output_writer);
         Ok(Spawned {
             pid: Pid::from_raw(started),
             output,
         })
     }
+}
+
+/// A setup step or exec that failed for want of a resource that comes back by itself.
+fn is_resource_shortage(errno: libc::c_int) -> bool {
+    matches!(
+        errno,
+        libc::EAGAIN | libc::ENOMEM | libc::ENFILE | libc::EMFILE
+    )
 }
 
 /// The stack a child runs on between clone and exec: mapped once, with a guard page below it,

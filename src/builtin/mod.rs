@@ -22,7 +22,12 @@ pub(crate) const ECHO_BUFFER: usize = 64 * 1024;
 /// How much chargen queues at a time.
 pub(crate) const CHARGEN_CHUNK: usize = 16 * 1024;
 /// Bytes moved per turn before other sources get theirs: a fast client cannot starve the loop.
-const TURN_BUDGET: usize = 256 * 1024;
+/// Every busy connection gets this much in each turn of the loop, so a turn costs this times
+/// their number: 100 chargen clients that never read made 25 MiB turns at 256 KiB, and other
+/// services waited most of a second while the kernel's buffers filled (tests/faults,
+/// `chargen_clients_that_never_read_do_not_delay_other_services_while_their_buffers_fill`).
+/// 32 KiB keeps such turns short and costs a single fast client nothing measurable.
+const TURN_BUDGET: usize = 32 * 1024;
 
 /// UDP source ports of services that answer every datagram: replying to them could start an
 /// endless ping-pong between two servers (echo ↔ chargen), so their datagrams are dropped.

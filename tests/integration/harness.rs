@@ -27,8 +27,16 @@ pub const EX_CONFIG: i32 = 78;
 /// The exit status of an operating-system error at start-up (EX_OSERR).
 pub const EX_OSERR: i32 = 71;
 
+/// The binary under test: `RINETD_BIN` when set (`make test-long` and `make soak` measure the
+/// release build), else the one cargo built for these tests.
+pub fn rinetd_path() -> PathBuf {
+    std::env::var_os("RINETD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rinetd")))
+}
+
 pub fn rinetd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rinetd"))
+    Command::new(rinetd_path())
 }
 
 /// Runs `rinetd -t -c CONFIG` and returns its output.
@@ -300,6 +308,18 @@ pub struct Daemon {
     child: Child,
     log: Arc<Log>,
     reaped: Option<ExitStatus>,
+}
+
+/// `rinetd -f` for `config` behind a wrapper command (prlimit, setpriv) that execs it.
+pub fn wrapped(wrapper: &[&str], config: &Path) -> Command {
+    let mut command = Command::new(wrapper[0]);
+    command
+        .args(&wrapper[1..])
+        .arg(rinetd_path())
+        .arg("-c")
+        .arg(config)
+        .args(["-f", "--log", "stderr"]);
+    command
 }
 
 impl Daemon {
@@ -638,6 +658,43 @@ pub fn zombie_children(parent: i32) -> Vec<i32> {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| process_status(pid) == Some((parent, 'Z')))
         .collect()
+}
+
+/// A cgroup limiting how many processes rinetd and its handlers may have: the v1 pids
+/// controller where it is mounted, else cgroup v2's when its root offers the pids controller.
+pub struct PidsCgroup {
+    path: PathBuf,
+}
+
+impl PidsCgroup {
+    pub fn new(test: &str, max: u32) -> Option<PidsCgroup> {
+        let name = format!("rinetd-test-{test}-{}", std::process::id());
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let path = if v1.join("cgroup.procs").exists() {
+            v1.join(name)
+        } else {
+            let controllers = fs::read_to_string(v2.join("cgroup.controllers")).ok()?;
+            if !controllers.split_whitespace().any(|c| c == "pids") {
+                return None;
+            }
+            fs::write(v2.join("cgroup.subtree_control"), "+pids").ok()?;
+            v2.join(name)
+        };
+        fs::create_dir(&path).ok()?;
+        fs::write(path.join("pids.max"), max.to_string()).ok()?;
+        Some(PidsCgroup { path })
+    }
+
+    pub fn add(&self, pid: i32) {
+        fs::write(self.path.join("cgroup.procs"), pid.to_string()).expect("join the cgroup");
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.path);
+    }
 }
 
 pub fn open_fd_count(pid: i32) -> usize {
