@@ -8,7 +8,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Daemon, Service, TestDir, wait_until};
+use crate::harness::{Daemon, Service, TestDir, established_on, wait_until};
 use crate::support::{
     CpuMeter, Figures, Footprint, IDLE_CPU_SHARE, LatencyProbe, assert_back_to, closed_within,
     echo_round_trip, percent, reset, run_clients, tally, try_connect, watch_for,
@@ -291,20 +291,10 @@ fn a_flood_of_20000_connections_is_served_in_full_and_other_services_answer_mean
     latencies.assert_answered_in_time("20,000 connections flooded another service");
 }
 
-/// Bytes queued in the kernel's send queues of the server side of connections on `port`
-/// (`tx_queue` of `/proc/net/tcp`): what rinetd has written that its clients have not read.
+/// Bytes queued in the kernel's send queues of the server side of connections on `port`:
+/// what rinetd has written that its clients have not read.
 fn queued_to_clients(port: u16) -> u64 {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
-            let tx_queue = u64::from_str_radix(fields.get(4)?.split(':').next()?, 16).ok()?;
-            (local_port == port && fields.get(3) == Some(&"01")).then_some(tx_queue)
-        })
-        .sum()
+    established_on(port).iter().map(|q| q.send).sum()
 }
 
 const CHARGEN_CLIENTS: usize = 100;

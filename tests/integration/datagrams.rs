@@ -43,10 +43,7 @@ fn fifty_concurrent_senders_each_get_their_own_reply() {
     for sender in senders {
         sender.join().expect("a sender failed");
     }
-    assert_eq!(
-        daemon.count_lines("tag/udp: accepted client=127.0.0.1:"),
-        50
-    );
+    daemon.assert_line_count("tag/udp: accepted client=127.0.0.1:", 50);
 }
 
 #[test]

@@ -697,6 +697,46 @@ impl Drop for PidsCgroup {
     }
 }
 
+/// The kernel's queues of one established IPv4 TCP socket (`/proc/net/tcp`).
+pub struct Queues {
+    /// Written by its owner, not yet taken by the peer.
+    pub send: u64,
+    /// Arrived, not yet read by its owner.
+    pub receive: u64,
+}
+
+/// The established IPv4 TCP sockets whose local port is `port`: for a service's port, rinetd's
+/// ends of its connections.
+pub fn established_on(port: u16) -> Vec<Queues> {
+    let table = fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let (send, receive) = fields.get(4)?.split_once(':')?;
+            let queues = Queues {
+                send: u64::from_str_radix(send, 16).ok()?,
+                receive: u64::from_str_radix(receive, 16).ok()?,
+            };
+            (local_port == port && fields.get(3) == Some(&"01")).then_some(queues)
+        })
+        .collect()
+}
+
+/// Waits until `queued()` holds more than 16 KiB and the same on two looks in a row: a queue
+/// that nobody drains (the side that should read it has stopped reading).
+pub fn wait_until_stalled(what: &str, mut queued: impl FnMut() -> u64) {
+    let mut last = 0;
+    wait_until(what, || {
+        let now = queued();
+        let still = now == last && now > 16 << 10;
+        last = now;
+        still
+    });
+}
+
 pub fn open_fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
@@ -751,6 +791,15 @@ impl Daemon {
             .iter()
             .filter(|line| line.contains(pattern))
             .count()
+    }
+
+    /// Asserts that `count` lines contain `pattern`, once the log reader has caught up: a reply
+    /// the client already holds may have been sent before its line reached the reader.
+    pub fn assert_line_count(&self, pattern: &str, count: usize) {
+        wait_until(&format!("{count} lines with {pattern:?}"), || {
+            self.count_lines(pattern) >= count
+        });
+        assert_eq!(self.count_lines(pattern), count, "{:#?}", self.lines());
     }
 }
 

@@ -44,7 +44,7 @@ fn per_source_rate_refuses_a_tcp_client_past_its_rate_and_serves_another() {
     assert_eq!(refused.field("reason"), "per_source_rate");
     // Another client has a rate of its own.
     assert_eq!(request(v6, ""), "hello\n");
-    assert_eq!(daemon.count_lines("hello/tcp: accepted"), 4);
+    daemon.assert_line_count("hello/tcp: accepted", 4);
     assert_eq!(daemon.count_lines("reason=per_source_rate"), 1);
 }
 
@@ -81,7 +81,7 @@ fn per_source_rate_drops_datagrams_past_the_rate_for_per_datagram_udp() {
         client.recv_from(&mut buf).is_err(),
         "the refused datagram got a reply"
     );
-    assert_eq!(daemon.count_lines("echo/udp: accepted"), 4);
+    daemon.assert_line_count("echo/udp: accepted", 4);
 }
 
 #[test]
