@@ -191,6 +191,10 @@ pub struct Spawned {
     /// Reading end of the pipe carrying the handler's stderr (`stderr: log`) or only the
     /// report of a failed exec; end of file on it once the handler and its heirs close it.
     pub output: OwnedFd,
+    /// A pidfd of the handler, readable once it exits, so that it is reaped by its pid alone:
+    /// `waitpid(-1)` scans every child, which made each reap cost in proportion to the handlers
+    /// running. None where the kernel has no pidfds (before 5.3) or no descriptor was free.
+    pub pidfd: Option<OwnedFd>,
 }
 
 /// `LISTEN_PID=` followed by room for the digits of any pid and a NUL.
@@ -395,12 +399,27 @@ impl Spawner {
             let _ = nix::sys::wait::waitpid(Pid::from_raw(started), None);
             return Err(io::Error::from_raw_os_error(failed));
         }
+        let pidfd = pidfd_open(started).ok();
         drop(output_writer);
         Ok(Spawned {
             pid: Pid::from_raw(started),
             output,
+            pidfd,
         })
     }
+}
+
+/// A pidfd for child `pid`, which is not reaped yet: until it is, its pid is its own, so the
+/// pidfd names the handler and nothing else. Close-on-exec, as every pidfd is.
+fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, touches no memory of ours, and returns a new
+    // descriptor (owned from here on) or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just made for us and nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
 }
 
 /// A setup step or exec that failed for want of a resource that comes back by itself.

@@ -2,16 +2,19 @@
 //! line into the log, reaping, and what follows an exit; `timeout` and the stop's signals.
 //! A process is only ever signalled while it is in `running`, that is, not yet reaped: until
 //! then its pid, and so its process group id, cannot belong to anyone else.
+//! Each handler is reaped through its pidfd (waitid on it alone), not by `waitpid(-1)`, which
+//! scans every child and so cost each reap in proportion to the handlers running; SIGCHLD's
+//! scan remains for a handler without a pidfd and for children rinetd did not start.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
 use super::table::{Outcome, ServiceId, Slot};
@@ -62,6 +65,9 @@ pub struct Child {
     stdout: Option<Token>,
     /// Its pending `timeout` (SIGTERM) or, after that, SIGKILL timer, cancelled at its exit.
     deadline: Option<TimerId>,
+    /// Its pidfd and the token it is registered under; None when it has none (SIGCHLD's scan
+    /// reaps it). Closing it at the reap also takes it out of the poll.
+    pidfd: Option<(Token, OwnedFd)>,
 }
 
 /// The reading end of a handler's output pipe.
@@ -79,6 +85,13 @@ struct Output {
 
 pub struct Children {
     running: HashMap<Pid, Child>,
+    /// The handler behind each pidfd token.
+    pidfds: HashMap<Token, Pid>,
+    /// Handlers running without a pidfd: while there are any, SIGCHLD scans.
+    without_pidfd: usize,
+    /// Children rinetd did not start may exit: orphans it adopts (as init, or a subreaper), or
+    /// children it inherited across the exec that started it. SIGCHLD scans for them.
+    foreign_children: bool,
     outputs: HashMap<Token, Output>,
     spawner: Spawner,
     /// The output pipe for the next handler, made before its connection is accepted.
@@ -89,6 +102,9 @@ impl Children {
     pub fn new(spawner: Spawner) -> Children {
         Children {
             running: HashMap::new(),
+            pidfds: HashMap::new(),
+            without_pidfd: 0,
+            foreign_children: may_have_foreign_children(),
             outputs: HashMap::new(),
             spawner,
             spare_pipe: None,
@@ -101,6 +117,11 @@ impl Children {
 
     pub fn is_empty(&self) -> bool {
         self.running.is_empty()
+    }
+
+    /// Whether a SIGCHLD may stand for a child that no pidfd reports.
+    pub fn scans(&self) -> bool {
+        self.foreign_children || self.without_pidfd > 0
     }
 
     /// Takes the pipe made ahead, if there is one.
@@ -135,6 +156,17 @@ impl Children {
             let _ = kill(*pid, Signal::SIGKILL);
         }
     }
+}
+
+/// Whether children that rinetd does not start may exit: it adopts orphans (process 1 of a pid
+/// namespace, or a subreaper), or the program that exec'd it had children (a shell's
+/// background jobs, say). Where /proc cannot say, assume so.
+fn may_have_foreign_children() -> bool {
+    let pid = nix::unistd::getpid();
+    pid.as_raw() == 1
+        || nix::sys::prctl::get_child_subreaper().unwrap_or(true)
+        || std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .map_or(true, |children| !children.trim().is_empty())
 }
 
 /// The pid, the status as logged, and the outcome as counted, of an exit.
@@ -229,6 +261,19 @@ impl Server {
             };
             self.timers.schedule(now + timeout, timer)
         });
+        let pidfd = spawned.pidfd.and_then(|pidfd| {
+            let token = self.tokens.next(SourceKind::Process);
+            // Registered after the start: a handler that has exited already is reported at once.
+            self.register(&pidfd, token, Interest::READABLE)
+                .ok()
+                .map(|()| (token, pidfd))
+        });
+        match &pidfd {
+            Some((token, _)) => {
+                self.children.pidfds.insert(*token, pid);
+            }
+            None => self.children.without_pidfd += 1,
+        }
         let child = Child {
             service: id,
             slot,
@@ -237,6 +282,7 @@ impl Server {
             output,
             stdout: None,
             deadline,
+            pidfd,
         };
         self.children.running.insert(pid, child);
         Some(pid)
@@ -327,7 +373,34 @@ impl Server {
         }
     }
 
-    /// Reaps every handler that has exited (SIGCHLD coalesces: one signal may stand for many).
+    /// Reaps the handler whose pidfd is `token`, if it has exited.
+    pub(super) fn reap_exited(&mut self, token: Token) {
+        let Some(pidfd) = self
+            .children
+            .pidfds
+            .get(&token)
+            .and_then(|pid| self.children.running.get(pid)?.pidfd.as_ref())
+        else {
+            return;
+        };
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG;
+        let status = loop {
+            match waitid(Id::PIDFd(pidfd.1.as_fd()), flags) {
+                Err(nix::errno::Errno::EINTR) => {}
+                status => break status,
+            }
+        };
+        match status {
+            Ok(status) => {
+                if let Some((pid, status, outcome)) = describe(status) {
+                    self.child_exited(pid, &status, outcome);
+                }
+            }
+            Err(err) => events::waitpid_failed(&err),
+        }
+    }
+
+    /// Reaps every child that has exited (SIGCHLD coalesces: one signal may stand for many).
     pub(super) fn reap(&mut self) {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -351,6 +424,12 @@ impl Server {
         let Some(child) = self.children.running.remove(&pid) else {
             return;
         };
+        match &child.pidfd {
+            Some((token, _)) => {
+                self.children.pidfds.remove(token);
+            }
+            None => self.children.without_pidfd -= 1,
+        }
         if let Some(deadline) = child.deadline {
             self.timers.cancel(deadline);
         }

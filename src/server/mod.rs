@@ -259,7 +259,7 @@ impl Server {
             }
             if signalled {
                 let pending = self.signals.drain();
-                if pending.child {
+                if pending.child && self.children.scans() {
                     self.reap();
                 }
                 if pending.stop && self.stopping.is_none() {
@@ -295,6 +295,7 @@ impl Server {
             Some(SourceKind::Connection) => self.drive_connection(token, hung_up),
             Some(SourceKind::Reply) => self.read_reply(token),
             Some(SourceKind::Notify) => self.read_notify(token),
+            Some(SourceKind::Process) => self.reap_exited(token),
             Some(SourceKind::Signal) | None => {}
         }
     }

@@ -17,15 +17,18 @@ pub enum SourceKind {
     Reply,
     /// A supervised program's NOTIFY_SOCKET.
     Notify,
+    /// A handler's pidfd, readable once it has exited.
+    Process,
 }
 
-const KINDS: [SourceKind; 6] = [
+const KINDS: [SourceKind; 7] = [
     SourceKind::Signal,
     SourceKind::Listener,
     SourceKind::Output,
     SourceKind::Connection,
     SourceKind::Reply,
     SourceKind::Notify,
+    SourceKind::Process,
 ];
 const KIND_BITS: usize = 3;
 pub const SIGNAL_TOKEN: Token = Token(0);

@@ -737,6 +737,45 @@ pub fn wait_until_stalled(what: &str, mut queued: impl FnMut() -> u64) {
     });
 }
 
+/// Lowers rinetd's soft RLIMIT_NOFILE to leave exactly `free` descriptors it can open (its
+/// open ones counted by number); returns the limit it had, for `restore_nofile`.
+pub fn leave_free_descriptors(pid: i32, free: usize) -> libc::rlimit {
+    let mut open: Vec<usize> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    open.sort_unstable();
+    let mut limit = 0;
+    let mut available = 0;
+    while available < free || open.contains(&limit) {
+        if !open.contains(&limit) {
+            available += 1;
+        }
+        limit += 1;
+    }
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, both valid for the call.
+    let ok = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let ok = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
+pub fn restore_nofile(pid: i32, old: libc::rlimit) {
+    // SAFETY: prlimit reads `old`, valid for the call.
+    let ok = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
+    assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
 pub fn open_fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")

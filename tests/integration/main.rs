@@ -25,6 +25,7 @@ mod overload;
 mod packaging;
 mod privileges;
 mod proxy_protocol;
+mod reaping;
 mod recovery;
 mod reload;
 mod robustness;

@@ -12,8 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    DEADLINE, Daemon, Service, TestDir, connect, established_on, read_to_eof, wait_until,
-    wait_until_stalled,
+    DEADLINE, Daemon, Service, TestDir, connect, established_on, leave_free_descriptors,
+    read_to_eof, restore_nofile, wait_until, wait_until_stalled,
 };
 
 /// Runs the openssl CLI in `dir`; panics with its stderr when it fails.
@@ -858,45 +858,6 @@ fn a_connection_whose_handler_is_gone_and_whose_client_reads_nothing_is_not_kept
     drop(client.stdin.take());
     let _ = client.kill();
     let _ = client.wait();
-}
-
-/// Lowers rinetd's soft RLIMIT_NOFILE to leave exactly `free` descriptors it can open (its
-/// open ones counted by number); returns the limit it had, for `restore_nofile`.
-fn leave_free_descriptors(pid: i32, free: usize) -> libc::rlimit {
-    let mut open: Vec<usize> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    open.sort_unstable();
-    let mut limit = 0;
-    let mut available = 0;
-    while available < free || open.contains(&limit) {
-        if !open.contains(&limit) {
-            available += 1;
-        }
-        limit += 1;
-    }
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit reads `new` and writes `old`, both valid for the call.
-    let ok = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let new = libc::rlimit {
-        rlim_cur: limit as libc::rlim_t,
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: as above.
-    let ok = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
-    assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
-    old
-}
-
-fn restore_nofile(pid: i32, old: libc::rlimit) {
-    // SAFETY: prlimit reads `old`, valid for the call.
-    let ok = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
-    assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
 #[test]

@@ -1,0 +1,130 @@
+//! Reaping: each handler through its own pidfd; SIGCHLD's scan for a handler started without
+//! one and for the orphans rinetd adopts as a subreaper.
+
+use std::io::Write;
+use std::net::Shutdown;
+
+use crate::harness::{
+    Daemon, Service, TestDir, leave_free_descriptors, process_status, read_to_eof, restore_nofile,
+    wait_until, wrapped, zombie_children,
+};
+
+/// How many pidfds `pid` holds.
+fn pidfds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy() == "anon_inode:[pidfd]")
+        .count()
+}
+
+#[test]
+fn a_handler_gets_a_pidfd_that_is_closed_when_it_is_reaped() {
+    let dir = TestDir::new("pidfd");
+    let echo = dir.script("echo.sh", "read line\necho \"$line\"");
+    let daemon = Daemon::start(&dir, &[Service::new("echo", &echo)]);
+    let mut client = daemon.connect("echo");
+    let accepted = daemon.accepted("echo", &client);
+    assert_eq!(pidfds(daemon.pid()), 1);
+    client.write_all(b"hi\n").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut client), "hi\n");
+    daemon.exited("echo", &accepted);
+    // Closed just after the line is written.
+    wait_until("the pidfd is closed", || pidfds(daemon.pid()) == 0);
+    assert!(zombie_children(daemon.pid()).is_empty());
+}
+
+/// With no descriptor free for its pidfd, a handler still runs, and its exit is found by
+/// SIGCHLD's scan: else it would stay a zombie and hold its place in max_children for ever.
+#[test]
+fn a_handler_started_without_a_pidfd_is_reaped_by_the_sigchld_scan() {
+    let dir = TestDir::new("no-pidfd");
+    let echo = dir.script("echo.sh", "read line\necho \"$line\"");
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::new("echo", &echo).set("max_children", "1")],
+    );
+    // One free, for the accepted socket (the handler's output pipe is made ahead, before the
+    // connection arrives): none for the pidfd.
+    let old = leave_free_descriptors(daemon.pid(), 1);
+    let mut client = daemon.connect("echo");
+    let accepted = daemon.accepted("echo", &client);
+    restore_nofile(daemon.pid(), old);
+    assert_eq!(pidfds(daemon.pid()), 0, "the handler got a pidfd after all");
+    client.write_all(b"first\n").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut client), "first\n");
+    daemon.exited("echo", &accepted);
+    // Its place in max_children came back, and the next handler has a pidfd again.
+    let mut next = daemon.connect("echo");
+    let second = daemon.accepted("echo", &next);
+    assert_eq!(pidfds(daemon.pid()), 1);
+    next.write_all(b"second\n").unwrap();
+    next.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut next), "second\n");
+    daemon.exited("echo", &second);
+    assert!(zombie_children(daemon.pid()).is_empty());
+}
+
+/// A subreaper (as init of a container is) adopts what its handlers leave running: those
+/// orphans have no pidfd of rinetd's, and only SIGCHLD's scan reaps them.
+#[test]
+fn orphans_a_subreaper_rinetd_adopts_are_reaped() {
+    let dir = TestDir::new("subreaper");
+    let leaves = dir.script(
+        "leaves.sh",
+        "sleep 0.2 </dev/null >/dev/null 2>&1 &\necho $!",
+    );
+    let config = dir.services_config(&[Service::new("leaves", &leaves)]);
+    // PR_SET_CHILD_SUBREAPER (36) is kept across execve.
+    let subreaper = "import ctypes, os, sys\n\
+                     assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0\n\
+                     os.execv(sys.argv[1], sys.argv[1:])";
+    let daemon = Daemon::spawn(wrapped(&["python3", "-c", subreaper], &config));
+    let rinetd = daemon.pid();
+    for _ in 0..3 {
+        let orphan: i32 = daemon
+            .request("leaves", "")
+            .trim()
+            .parse()
+            .expect("the orphan's pid");
+        // Sleeping as rinetd's child, then reaped; an unreaped one stays a zombie child.
+        wait_until("the orphan is reaped", || {
+            process_status(orphan).is_none_or(|(parent, _)| parent != rinetd)
+        });
+    }
+    assert!(zombie_children(rinetd).is_empty());
+}
+
+/// Children rinetd inherits across the exec that started it (a shell's background job before
+/// `exec rinetd`) are its to reap as well.
+#[test]
+fn a_child_inherited_across_exec_is_reaped() {
+    let dir = TestDir::new("inherited-child");
+    let config = dir.services_config(&[Service::new("hello", &dir.script("hello.sh", "echo hi"))]);
+    let daemon = Daemon::spawn(wrapped(
+        &[
+            "sh",
+            "-c",
+            "sleep 1000 </dev/null >/dev/null 2>&1 & exec \"$0\" \"$@\"",
+        ],
+        &config,
+    ));
+    let rinetd = daemon.pid();
+    let inherited: i32 = std::fs::read_to_string(format!("/proc/{rinetd}/task/{rinetd}/children"))
+        .expect("rinetd's children")
+        .split_whitespace()
+        .next()
+        .map(|pid| pid.parse().expect("a pid"))
+        .expect("the inherited sleep");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inherited),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the inherited sleep");
+    assert_eq!(daemon.request("hello", ""), "hi\n");
+    wait_until("the inherited child is reaped", || {
+        process_status(inherited).is_none_or(|(parent, _)| parent != rinetd)
+    });
+}
