@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::fcntl::OFlag;
 use nix::unistd::{Pid, pipe2};
@@ -193,7 +193,8 @@ pub struct Spawned {
     pub output: OwnedFd,
     /// A pidfd of the handler, readable once it exits, so that it is reaped by its pid alone:
     /// `waitpid(-1)` scans every child, which made each reap cost in proportion to the handlers
-    /// running. None where the kernel has no pidfds (before 5.3) or no descriptor was free.
+    /// running. None where the kernel has no pidfd_open (before 5.3) or no descriptor was free (it
+    /// is taken before the pipe's writing end is closed: the fallback serves such a handler).
     pub pidfd: Option<OwnedFd>,
 }
 
@@ -406,6 +407,78 @@ impl Spawner {
             output,
             pidfd,
         })
+    }
+}
+
+/// How a child ended, in the kernel's numbers: nix's `WaitStatus` has no room for a signal it
+/// cannot name (a real-time one) and fails on it after the child is already reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Reaps the child behind `pidfd` if it has ended; None while it runs. An error means
+/// `waitid(P_PIDFD)` is refused here (Linux before 5.4, a sandbox): the caller reaps otherwise.
+pub fn reap_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<Option<Ending>> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value (plain integers and unions of them).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG;
+        // SAFETY: waitid writes only `info`, which lives across the call.
+        let result = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                flags,
+            )
+        };
+        if result < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid filled in a SIGCHLD siginfo, or left it zeroed when nothing ended;
+        // these are the fields a SIGCHLD siginfo has.
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(if info.si_code == libc::CLD_EXITED {
+            Ending::Exited(status)
+        } else {
+            Ending::Signaled(status)
+        }));
+    }
+}
+
+/// Reaps one child, any child, that has ended; None when none has.
+pub fn reap_any() -> io::Result<Option<(Pid, Ending)>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes only `status`, which lives across the call.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        if pid < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(None),
+                _ => return Err(err),
+            }
+        }
+        // Without WUNTRACED or WCONTINUED, waitpid reports only ends.
+        let ending = if libc::WIFSIGNALED(status) {
+            Ending::Signaled(libc::WTERMSIG(status))
+        } else {
+            Ending::Exited(libc::WEXITSTATUS(status))
+        };
+        return Ok(Some((Pid::from_raw(pid), ending)));
     }
 }
 

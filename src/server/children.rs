@@ -3,8 +3,10 @@
 //! A process is only ever signalled while it is in `running`, that is, not yet reaped: until
 //! then its pid, and so its process group id, cannot belong to anyone else.
 //! Each handler is reaped through its pidfd (waitid on it alone), not by `waitpid(-1)`, which
-//! scans every child and so cost each reap in proportion to the handlers running; SIGCHLD's
-//! scan remains for a handler without a pidfd and for children rinetd did not start.
+//! scans every child and so cost each reap in proportion to the handlers running. SIGCHLD's
+//! scan remains for what no pidfd reports: at once for a handler without one and when rinetd
+//! may have children it did not start, else at most once a second (a handler's CLONE_PARENT
+//! child, say, is rinetd's to reap).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
 use super::table::{Outcome, ServiceId, Slot};
@@ -24,7 +25,7 @@ use super::{Server, SourceKind, Timer, would_block};
 use crate::events;
 use crate::exec::REPORT_PREFIX;
 use crate::service::Kind;
-use crate::spawn::{OutputPipe, Spawner, Stdio};
+use crate::spawn::{self, Ending, OutputPipe, Spawner, Stdio};
 
 /// Between the SIGTERM of a timed-out handler's group and its SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -33,6 +34,8 @@ const FORK_BACKOFF: Duration = Duration::from_secs(1);
 /// After EMFILE/ENFILE/ENOBUFS/ENOMEM: long enough not to spin, short enough that service
 /// resumes as soon as a descriptor frees up.
 pub const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
+/// The least time between two of SIGCHLD's scans when no handler needs them.
+const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// A handler's stderr line longer than this is logged in pieces.
 const MAX_LINE: usize = 4096;
 /// Bytes of one handler's output read per turn.
@@ -92,6 +95,11 @@ pub struct Children {
     /// Children rinetd did not start may exit: orphans it adopts (as init, or a subreaper), or
     /// children it inherited across the exec that started it. SIGCHLD scans for them.
     foreign_children: bool,
+    /// Whether waitid(P_PIDFD) works here; once refused, handlers are reaped by the scan.
+    pidfd_reaping: bool,
+    last_scan: Instant,
+    /// A scan is scheduled (SCAN_INTERVAL after the last).
+    scan_due: bool,
     outputs: HashMap<Token, Output>,
     spawner: Spawner,
     /// The output pipe for the next handler, made before its connection is accepted.
@@ -105,6 +113,9 @@ impl Children {
             pidfds: HashMap::new(),
             without_pidfd: 0,
             foreign_children: may_have_foreign_children(),
+            pidfd_reaping: true,
+            last_scan: Instant::now(),
+            scan_due: false,
             outputs: HashMap::new(),
             spawner,
             spare_pipe: None,
@@ -169,15 +180,17 @@ fn may_have_foreign_children() -> bool {
             .map_or(true, |children| !children.trim().is_empty())
 }
 
-/// The pid, the status as logged, and the outcome as counted, of an exit.
-fn describe(status: WaitStatus) -> Option<(Pid, String, Outcome)> {
-    match status {
-        WaitStatus::Exited(pid, 0) => Some((pid, "0".to_string(), Outcome::Success)),
-        WaitStatus::Exited(pid, code) => Some((pid, code.to_string(), Outcome::Failure)),
-        WaitStatus::Signaled(pid, signal, _) => {
-            Some((pid, format!("signal:{}", signal.as_str()), Outcome::Signal))
+/// The status as logged, and the outcome as counted, of an end: `signal:N` for a signal
+/// without a name (a real-time one).
+fn describe(ending: Ending) -> (String, Outcome) {
+    match ending {
+        Ending::Exited(0) => ("0".to_string(), Outcome::Success),
+        Ending::Exited(code) => (code.to_string(), Outcome::Failure),
+        Ending::Signaled(number) => {
+            let name =
+                Signal::try_from(number).map_or_else(|_| number.to_string(), |s| s.to_string());
+            (format!("signal:{name}"), Outcome::Signal)
         }
-        _ => None,
     }
 }
 
@@ -261,7 +274,8 @@ impl Server {
             };
             self.timers.schedule(now + timeout, timer)
         });
-        let pidfd = spawned.pidfd.and_then(|pidfd| {
+        let pidfd = spawned.pidfd.filter(|_| self.children.pidfd_reaping);
+        let pidfd = pidfd.and_then(|pidfd| {
             let token = self.tokens.next(SourceKind::Process);
             // Registered after the start: a handler that has exited already is reported at once.
             self.register(&pidfd, token, Interest::READABLE)
@@ -373,44 +387,62 @@ impl Server {
         }
     }
 
-    /// Reaps the handler whose pidfd is `token`, if it has exited.
+    /// Reaps the handler whose pidfd is `token`, if it has ended.
     pub(super) fn reap_exited(&mut self, token: Token) {
-        let Some(pidfd) = self
+        let Some(&pid) = self.children.pidfds.get(&token) else {
+            return;
+        };
+        let Some((_, pidfd)) = self
             .children
-            .pidfds
-            .get(&token)
-            .and_then(|pid| self.children.running.get(pid)?.pidfd.as_ref())
+            .running
+            .get(&pid)
+            .and_then(|child| child.pidfd.as_ref())
         else {
             return;
         };
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG;
-        let status = loop {
-            match waitid(Id::PIDFd(pidfd.1.as_fd()), flags) {
-                Err(nix::errno::Errno::EINTR) => {}
-                status => break status,
-            }
-        };
-        match status {
-            Ok(status) => {
-                if let Some((pid, status, outcome)) = describe(status) {
-                    self.child_exited(pid, &status, outcome);
+        match spawn::reap_pidfd(pidfd.as_fd()) {
+            Ok(None) => {}
+            Ok(Some(ending)) => self.child_exited(pid, ending),
+            Err(err) => {
+                // Refused for every pidfd alike: from now on the scan reaps them all.
+                events::waitpid_failed(&err);
+                self.children.pidfd_reaping = false;
+                for child in self.children.running.values_mut() {
+                    if child.pidfd.take().is_some() {
+                        self.children.without_pidfd += 1;
+                    }
                 }
+                self.children.pidfds.clear();
+                self.reap();
             }
-            Err(err) => events::waitpid_failed(&err),
         }
     }
 
-    /// Reaps every child that has exited (SIGCHLD coalesces: one signal may stand for many).
+    /// SIGCHLD. Handlers are reaped through their pidfds; the scan, which costs in proportion to
+    /// the children, runs at once only when some child has no pidfd to report it, else at most
+    /// every SCAN_INTERVAL.
+    pub(super) fn child_signalled(&mut self) {
+        if self.children.scans() {
+            self.reap();
+        } else if !self.children.scan_due {
+            let at = self.children.last_scan + SCAN_INTERVAL;
+            if at <= Instant::now() {
+                self.reap();
+            } else {
+                self.children.scan_due = true;
+                self.timers.schedule(at, Timer::Scan);
+            }
+        }
+    }
+
+    /// Reaps every child that has ended (SIGCHLD coalesces: one signal may stand for many).
     pub(super) fn reap(&mut self) {
+        self.children.last_scan = Instant::now();
+        self.children.scan_due = false;
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
-                Ok(status) => {
-                    if let Some((pid, status, outcome)) = describe(status) {
-                        self.child_exited(pid, &status, outcome);
-                    }
-                }
-                Err(nix::errno::Errno::EINTR) => {}
+            match spawn::reap_any() {
+                Ok(Some((pid, ending))) => self.child_exited(pid, ending),
+                Ok(None) => return,
                 Err(err) => {
                     events::waitpid_failed(&err);
                     return;
@@ -419,7 +451,9 @@ impl Server {
         }
     }
 
-    fn child_exited(&mut self, pid: Pid, status: &str, outcome: Outcome) {
+    fn child_exited(&mut self, pid: Pid, ending: Ending) {
+        let (status, outcome) = describe(ending);
+        let status = status.as_str();
         // Not ours (an orphan adopted as init of a pid namespace, say): nothing to do.
         let Some(child) = self.children.running.remove(&pid) else {
             return;

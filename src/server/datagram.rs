@@ -18,8 +18,9 @@ use nix::sys::socket::{
 use nix::unistd::pipe2;
 
 use super::children::{RESOURCE_BACKOFF, Role};
+use super::table::canonical;
 use super::table::{Denied, ServiceId};
-use super::{Server, SourceKind, Timer, canonical, is_resource_exhaustion, would_block};
+use super::{Server, SourceKind, Timer, is_resource_exhaustion, would_block};
 use crate::builtin::{self, LOOP_PORTS};
 use crate::config::Builtin;
 use crate::events;

@@ -22,7 +22,6 @@ mod wait;
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -73,6 +72,8 @@ pub(super) enum Timer {
     Watchdog,
     /// A supervised program's back-off is over.
     Respawn(ServiceId),
+    /// SIGCHLD's scan for children no pidfd reports (see children.rs).
+    Scan,
 }
 
 /// What the server needs from its surroundings.
@@ -114,13 +115,6 @@ pub(super) fn is_resource_exhaustion(err: &io::Error) -> bool {
 
 pub(super) fn would_block(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock
-}
-
-/// A client or local address as rinetd judges, logs and passes it on: an IPv4-mapped IPv6
-/// address (`::ffff:a.b.c.d`, from a dual-stack socket or a PROXY header) is the IPv4 address,
-/// so that ACLs and per-source counts cannot be sidestepped by writing it the other way.
-pub(super) fn canonical(address: SocketAddr) -> SocketAddr {
-    SocketAddr::new(address.ip().to_canonical(), address.port())
 }
 
 impl Server {
@@ -259,8 +253,8 @@ impl Server {
             }
             if signalled {
                 let pending = self.signals.drain();
-                if pending.child && self.children.scans() {
-                    self.reap();
+                if pending.child {
+                    self.child_signalled();
                 }
                 if pending.stop && self.stopping.is_none() {
                     notifier.stopping();
@@ -375,6 +369,7 @@ impl Server {
                 Timer::HeadDeadline(token) => self.head_deadline(token),
                 Timer::StopDeadline => self.children.kill_all(),
                 Timer::Respawn(id) => self.respawn(id),
+                Timer::Scan => self.reap(),
                 Timer::Watchdog => {
                     notifier.watchdog();
                     if let Some(interval) = notifier.watchdog_interval() {

@@ -12,10 +12,11 @@ use mio::{Interest, Token};
 use socket2::Socket;
 
 use super::children::{RESOURCE_BACKOFF, Role};
+use super::table::canonical;
 use super::table::{Denied, ServiceId, Slot};
 use super::timers::TimerId;
 use super::tls::TlsConnection;
-use super::{Server, SourceKind, Timer, canonical, is_resource_exhaustion, would_block};
+use super::{Server, SourceKind, Timer, is_resource_exhaustion, would_block};
 use crate::builtin::{Machine, Step};
 use crate::config::Builtin;
 use crate::events;

@@ -4,7 +4,7 @@
 //! here touches a socket, a `Poll` or a process.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::Token;
@@ -12,6 +12,13 @@ use mio::Token;
 use super::supervise::Restarts;
 use crate::events;
 use crate::service::{Kind, Refusal, Service, SourceRate};
+
+/// A client or local address as rinetd judges, logs and passes it on: an IPv4-mapped IPv6
+/// address (`::ffff:a.b.c.d`, from a dual-stack socket or a PROXY header) is the IPv4 address,
+/// so that ACLs and per-source counts cannot be sidestepped by writing it the other way.
+pub(super) fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
 
 /// A service's place in the table. A slot index reused by a later service gets a new
 /// generation, so an id kept by something that outlived its service finds nothing, never the

@@ -12,11 +12,12 @@ use mio::Token;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
 use socket2::Socket;
 
+use super::Server;
 use super::children::Role;
 use super::listeners::{Bound, stamp_arrivals};
 use super::supervise::Restarts;
+use super::table::canonical;
 use super::table::{Denied, ServiceId};
-use super::{Server, canonical};
 use crate::events;
 use crate::spawn::Stdio;
 

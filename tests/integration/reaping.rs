@@ -128,3 +128,57 @@ fn a_child_inherited_across_exec_is_reaped() {
         process_status(inherited).is_none_or(|(parent, _)| parent != rinetd)
     });
 }
+
+/// nix's waitpid/waitid reap first and then fail on a signal they cannot name: a handler
+/// killed by a real-time signal was reaped but never recorded, so its place in max_children
+/// was never given back (and its pid stayed on the list of those rinetd may signal).
+#[test]
+fn a_handler_killed_by_a_real_time_signal_is_reaped_and_gives_its_place_back() {
+    let dir = TestDir::new("rt-signal");
+    let dies = dir.script("dies.sh", "echo bye\nkill -35 $$");
+    let daemon = Daemon::start(
+        &dir,
+        &[Service::new("dies", &dies).set("max_children", "1")],
+    );
+    for _ in 0..2 {
+        assert_eq!(daemon.request("dies", ""), "bye\n");
+    }
+    daemon.assert_line_count("dies/tcp: exited pid=", 2);
+    for line in daemon
+        .lines()
+        .iter()
+        .filter(|l| l.contains("dies/tcp: exited"))
+    {
+        assert!(line.contains(" status=signal:35 "), "{line}");
+    }
+    assert_eq!(daemon.count_lines("waitpid failed"), 0);
+}
+
+/// A handler can make rinetd the parent of its own child (clone with CLONE_PARENT). No pidfd
+/// reports that child: SIGCHLD's scan, at most a second later, must reap it.
+#[test]
+fn a_child_a_handler_gives_rinetd_with_clone_parent_is_reaped() {
+    let dir = TestDir::new("clone-parent");
+    let gives = dir.write(
+        "gives.py",
+        "#!/usr/bin/python3\n\
+         import ctypes, os\n\
+         number = {'x86_64': 56, 'aarch64': 220}[os.uname().machine]\n\
+         CLONE_PARENT, SIGCHLD = 0x8000, 17\n\
+         pid = ctypes.CDLL(None, use_errno=True).syscall(number, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0)\n\
+         if pid == 0:\n\
+         \x20   os._exit(0)\n\
+         print(pid, flush=True)\n",
+        0o755,
+    );
+    let daemon = Daemon::start(&dir, &[Service::new("gives", &gives)]);
+    let rinetd = daemon.pid();
+    let given: i32 = daemon
+        .request("gives", "")
+        .trim()
+        .parse()
+        .expect("the child's pid");
+    wait_until("the child given to rinetd is reaped", || {
+        process_status(given).is_none_or(|(parent, _)| parent != rinetd)
+    });
+}
