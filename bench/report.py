@@ -235,6 +235,33 @@ def main():
         if notes:
             print("\n" + "  \n".join(notes))
 
+    handler_cases = sorted((c for s, c in data if s == "handlers"),
+                           key=lambda c: (int(c.split()[1][2:]), int(c.split()[0][5:])))
+    if "handlers" in sections and handler_cases:
+        print()
+        print("### Connections while long-running handlers run")
+        print()
+        print("rinetd serving two services: `hello` (the static C handler) under load, and `hold`, whose static C "
+              "handler only waits for its signal; measured with none and with N `hold` handlers running. "
+              "Server CPU as for TCP. CPU ratio = median CPU per connection with N running ÷ with none "
+              "(1.00: the cost of a connection does not grow with the handlers running).")
+        print()
+        rows, notes = [], []
+        for case in handler_cases:
+            held, clients = case.split()
+            idle = data.get(("handlers", f"held=0 {clients}"), {})
+            for name in sorted(data[("handlers", case)], key=rank):
+                m = data[("handlers", case)][name]
+                cpu = per_round(m, "cpu_ns_total", "ok", 1e-3)
+                base = per_round(idle.get(name, {}), "cpu_ns_total", "ok", 1e-3)
+                ratio = f"{statistics.median(cpu) / statistics.median(base):.2f}" if cpu and base else "–"
+                rows.append([label(name, m, case, notes), clients[2:], f"{int(held[5:]):,}",
+                             spread(per_round(m, "rate")), spread(cpu, 1), ratio])
+        print(table(["server", "clients", "handlers running", "conn/s min / med / max",
+                     "server CPU µs/conn min / med / max", "CPU ratio"], "lrrrrr", rows))
+        if notes:
+            print("\n" + "  \n".join(notes))
+
     if "reload" in sections and ("table", "n=1000") in data:
         print()
         print("### Reload, 1,000 services, one moved to a new port")

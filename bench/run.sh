@@ -21,6 +21,8 @@
 #   startup  exec -> all 1,000 (and 10) ports listening -> the last one serves
 #   reload   1,000 services, one moved to a new port: SIGHUP -> it answers there; rinetd's own
 #            "reload checked duration=" + "reloaded ... duration=" log figures
+#   handlers rinetd's connections/s and CPU per connection (static `hello`) with none and with
+#            BENCH_HOLD (5,000) long-running handlers of another service running
 #
 # Options (each also an environment variable):
 #   -r, --rounds N        BENCH_ROUNDS    interleaved rounds (default 5; quick: 2)
@@ -30,6 +32,7 @@
 #       --only REGEX      BENCH_ONLY      only the servers whose name matches (floors always run)
 #   RINETD=path           the rinetd under test (default target/release/rinetd, built if missing)
 #   RINETD_BASELINE=path  add "rinetd (baseline)" rows of a second binary, measured in the same rounds
+#   BENCH_HOLD=5000       long-running handlers in the handlers section
 #   BENCH_PORT=24000      first port of the range used (BENCH_PORT .. BENCH_PORT+1100, 127.0.0.1)
 #   BENCH_PERF=0          skip the instructions row; BENCH_PERF_EVENT=instructions (the event)
 #   BENCH_OUT=target/bench  where the CSV and the Markdown table are written
@@ -62,13 +65,13 @@ while [ $# -gt 0 ]; do
     -q | --quick) QUICK=1 ;;
     --only) ONLY=$2; shift ;;
     -h | --help) usage; exit 0 ;;
-    all) SECTIONS+=(tcp udp tls mem startup reload) ;;
-    tcp | udp | tls | mem | startup | reload) SECTIONS+=("$1") ;;
+    all) SECTIONS+=(tcp udp tls mem startup reload handlers) ;;
+    tcp | udp | tls | mem | startup | reload | handlers) SECTIONS+=("$1") ;;
     *) echo "bench: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(tcp udp tls mem startup reload)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(tcp udp tls mem startup reload handlers)
 if [ "$QUICK" = 1 ]; then ROUNDS=${ROUNDS:-2} SECS=${SECS:-1}; fi
 ROUNDS=${ROUNDS:-5}
 SECS=${SECS:-3}
@@ -608,6 +611,65 @@ table_round() {
   done
 }
 
+# ---- handlers: the cost of a connection while many handlers run (waitpid(-1) scanned them all) ---
+HOLD=${BENCH_HOLD:-5000}
+HANDLER_SERVERS=(rinetd)
+[ -z "$BASELINE" ] || HANDLER_SERVERS+=("rinetd (baseline)")
+handlers_setup() { # a static handler that only waits for its signal
+  printf '#include <unistd.h>\nint main(void) { for (;;) pause(); }\n' >"$WORK/hold.c"
+  gcc -O2 -static -o "$BIN/rinetd-hold" "$WORK/hold.c"
+}
+# hold PID PORT N: N connections to PORT, each leaving a handler running; waits until PID has N children
+hold() {
+  local pid=$1 port=$2 n=$3 i have=0
+  python3 -c 'import socket, sys
+for _ in range(int(sys.argv[2])):
+    socket.create_connection(("127.0.0.1", int(sys.argv[1]))).close()' "$port" "$n" || return 1
+  for ((i = 0; i < 3000; i++)); do
+    have=$(wc -w <"/proc/$pid/task/$pid/children" 2>/dev/null || echo 0)
+    [ "$have" -lt "$n" ] || return 0
+    sleep 0.02
+  done
+  echo "$have of $n handlers running after 60 s" >&2
+  return 1
+}
+handlers_round() {
+  local i name order bin port n c
+  mapfile -t order < <(rotate $((ROUND - 1)) "${HANDLER_SERVERS[@]}")
+  for name in "${order[@]}"; do
+    wanted "$name" || continue
+    for i in "${!HANDLER_SERVERS[@]}"; do [ "${HANDLER_SERVERS[$i]}" = "$name" ] && break; done
+    port=$((BASE + 70 + 2 * i))
+    bin=$RINETD
+    [[ $name != *baseline* ]] || bin=$BASELINE
+    {
+      echo "services:"
+      printf '  - {name: hello, address: 127.0.0.1, port: %d, server: %s, max_children: 0}\n' "$port" "$HELLO"
+      printf '  - {name: hold, address: 127.0.0.1, port: %d, server: %s, max_children: 0}\n' \
+        $((port + 1)) "$BIN/rinetd-hold"
+    } >"$WORK/rinetd-handlers.yaml"
+    "$PROBE" exec - "$bin" -f -c "$WORK/rinetd-handlers.yaml" 2>/dev/null &
+    SPID=$!
+    if ! "$PROBE" wait tcp "$port" 5000 "$SPID" 2>"$WORK/wait.err"; then
+      for n in 0 "$HOLD"; do for c in $CLIENTS; do fail_server handlers "held=$n c=$c" "$name" "$(<"$WORK/wait.err")"; done; done
+      stop_pid "$SPID"
+      SPID=
+      continue
+    fi
+    for n in 0 "$HOLD"; do
+      if [ "$n" != 0 ] && ! hold "$SPID" $((port + 1)) "$n" 2>"$WORK/wait.err"; then
+        for c in $CLIENTS; do fail_server handlers "held=$n c=$c" "$name" "$(<"$WORK/wait.err")"; done
+        continue
+      fi
+      for c in $CLIENTS; do load handlers "held=$n c=$c" "$name" tcp "$port" "$c" "$SPID"; done
+    done
+    # The stop sends SIGTERM to every handler; what outlives the grace is killed by name.
+    stop_pid "$SPID"
+    SPID=
+    pkill -KILL -x rinetd-hold 2>/dev/null || true
+  done
+}
+
 # ---- the run -------------------------------------------------------------------------------
 perf_check
 echo "section,case,server,round,metric,value" >"$CSV"
@@ -627,6 +689,7 @@ meta perf_note "$PERF_NOTE"
 meta load_avg "$(cut -d' ' -f1-3 /proc/loadavg)"
 if has mem || has startup || has reload; then make_tables; fi
 if has tls; then tls_setup; fi
+if has handlers; then handlers_setup; fi
 
 echo "bench: ${SECTIONS[*]}; $ROUNDS rounds x ${SECS}s; clients $CLIENTS; raw numbers -> $CSV" >&2
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
@@ -634,6 +697,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
   if has udp; then udp_round; fi
   if has tls; then tls_round; fi
   if has mem || has startup || has reload; then table_round; fi
+  if has handlers; then handlers_round; fi
 done
 meta load_avg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$HERE/bench/report.py" "$CSV" | tee "$TABLE"
