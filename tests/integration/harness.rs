@@ -854,12 +854,18 @@ pub fn udp_client() -> UdpSocket {
     udp_socket_on((Ipv4Addr::LOCALHOST, 0).into())
 }
 
-/// The next datagram `socket` receives, which must come from `sender`.
+/// The next datagram `socket` receives, which must come from `sender`. A receive with a time
+/// limit fails with EINTR when the test process is stopped and continued (as when the machine
+/// is checkpointed): that is tried again, not a test failure.
 pub fn receive_from(socket: &UdpSocket, sender: SocketAddr) -> Vec<u8> {
     let mut buf = vec![0u8; 65_536];
-    let (len, from) = socket
-        .recv_from(&mut buf)
-        .unwrap_or_else(|e| panic!("no datagram from {sender}: {e}"));
+    let (len, from) = loop {
+        match socket.recv_from(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            received => break received,
+        }
+    }
+    .unwrap_or_else(|e| panic!("no datagram from {sender}: {e}"));
     assert_eq!(from, sender, "a datagram from the wrong sender");
     buf.truncate(len);
     buf
