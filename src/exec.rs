@@ -39,6 +39,11 @@ pub struct ChildPlan<'a> {
     /// CLONE_VFORK lets it go on (it shares this memory); null when the child has its own
     /// memory (fork), and then only the report line tells.
     pub failed_errno: *mut c_int,
+    /// Set when the child was started on rinetd's own descriptor table (CLONE_FILES): every
+    /// descriptor it uses is below this, and its first step takes a private copy of those
+    /// alone. Copying the whole table, and closing it at exec, cost each start in proportion to
+    /// the descriptors rinetd holds (two for each running handler).
+    pub unshare_below: Option<c_int>,
 }
 
 /// The most sockets a child can be handed (the child has no heap to hold more).
@@ -57,6 +62,17 @@ pub fn exec_handler(plan: &ChildPlan<'_>) -> ! {
     // takes a lock. Shared memory written here: this stack, errno (rinetd's TLS; rinetd does
     // not read it after a successful clone) and the LISTEN_PID slot made for this child.
     unsafe {
+        // Before anything changes a descriptor: until this, the table is rinetd's.
+        if let Some(below) = plan.unshare_below
+            && libc::syscall(
+                libc::SYS_close_range,
+                below,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            ) < 0
+        {
+            fail(plan, report, b"close_range", None);
+        }
         libc::setsid();
         if libc::dup2(plan.stdin, 0) < 0
             || libc::dup2(plan.stdout, 1) < 0

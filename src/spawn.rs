@@ -52,6 +52,10 @@ pub struct Spawner {
     /// False when fs.suid_dumpable is 1: a handler's user could then ptrace its child between
     /// setuid and exec, and with shared memory reach rinetd's; such children are forked.
     memory_sharing_is_safe: bool,
+    /// The kernel has close_range's CLOSE_RANGE_UNSHARE (Linux 5.9): a child that shares
+    /// rinetd's memory also starts on its descriptor table (CLONE_FILES) and copies only the
+    /// descriptors it uses (see `ChildPlan::unshare_below`).
+    table_sharing_works: bool,
     /// What each spawn builds, kept between spawns so that starting a handler allocates
     /// nothing once warmed up (the loop is single-threaded: one spawn at a time).
     scratch: RefCell<Scratch>,
@@ -86,6 +90,7 @@ impl Spawner {
             dumpable: nix::sys::prctl::get_dumpable().unwrap_or(true),
             memory_sharing_is_safe: std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
                 .map_or(true, |value| value.trim() != "1"),
+            table_sharing_works: close_range_unshares(),
             scratch: RefCell::new(Scratch::default()),
         })
     }
@@ -326,6 +331,17 @@ impl Spawner {
             StderrMode::Null => (null, output_writer.as_raw_fd()),
         };
         let share_memory = plan.credentials.is_none() || self.memory_sharing_is_safe;
+        // Every descriptor the child uses, and so the most it needs of rinetd's table.
+        let used = [stdin, stdout, stderr, report]
+            .into_iter()
+            .chain(listening.iter().copied());
+        let unshare_below = (share_memory && self.table_sharing_works)
+            .then(|| used.max().map_or(3, |highest| highest + 1));
+        let files = if unshare_below.is_some() {
+            libc::CLONE_FILES
+        } else {
+            0
+        };
         let mut failed_errno: libc::c_int = 0;
         let child_plan = ChildPlan {
             path: &plan.path,
@@ -345,6 +361,7 @@ impl Spawner {
             umask: plan.umask as libc::mode_t,
             cwd: &plan.cwd,
             credentials,
+            unshare_below,
             failed_errno: if share_memory {
                 &raw mut failed_errno
             } else {
@@ -361,12 +378,14 @@ impl Spawner {
             // meanwhile. The child only runs `exec_handler`: raw async-signal-safe syscalls on the
             // plan (which outlives the call), no allocation, no lock; it writes only its stack,
             // errno and the LISTEN_PID slot made for it. Every signal is blocked until it has reset
-            // them. SIGCHLD makes it an ordinary child for waitpid.
+            // them. SIGCHLD makes it an ordinary child for waitpid. With CLONE_FILES it starts on
+            // rinetd's descriptor table, and its first step (`unshare_below`) gives it a copy of
+            // its own before it changes any descriptor.
             unsafe {
                 libc::clone(
                     run_child,
                     self.child_stack.top(),
-                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    libc::CLONE_VM | libc::CLONE_VFORK | files | libc::SIGCHLD,
                     (&raw const child_plan).cast_mut().cast(),
                 )
             }
@@ -479,6 +498,32 @@ pub fn reap_any() -> io::Result<Option<(Pid, Ending)>> {
             Ending::Exited(libc::WEXITSTATUS(status))
         };
         return Ok(Some((Pid::from_raw(pid), ending)));
+    }
+}
+
+/// Whether close_range knows CLOSE_RANGE_UNSHARE. Asked on rinetd's own table, which nothing
+/// shares, with a range holding no descriptor: it changes nothing either way.
+fn close_range_unshares() -> bool {
+    let last = libc::c_uint::MAX;
+    // SAFETY: close_range on an empty range touches no descriptor and no memory of ours.
+    let result =
+        unsafe { libc::syscall(libc::SYS_close_range, last, last, libc::CLOSE_RANGE_UNSHARE) };
+    result == 0
+}
+
+/// Where descriptors that live as long as their handler are moved once many handlers run:
+/// above the ones a handler is started with (connections, pipes and listeners take the lowest
+/// free numbers), so that a start copies few descriptors however many handlers run.
+const LASTING_FROM: RawFd = 4096;
+
+/// `fd` moved to LASTING_FROM or above; as it was where that is not possible (a lower
+/// RLIMIT_NOFILE, say).
+pub fn move_up(fd: OwnedFd) -> OwnedFd {
+    match nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(LASTING_FROM)) {
+        // SAFETY: the descriptor was just made for us and nothing else owns it; `fd`, the old
+        // number, is closed as it drops.
+        Ok(moved) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved) },
+        Err(_) => fd,
     }
 }
 

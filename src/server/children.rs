@@ -36,6 +36,15 @@ const FORK_BACKOFF: Duration = Duration::from_secs(1);
 pub const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
 /// The least time between two of SIGCHLD's scans when no handler needs them.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Children such a scan reaps at most. Each waitpid(-1) walks every child, and handlers that
+/// have just ended (their pidfds not read yet) are found too: an unbounded scan reaped dozens
+/// of them a second under load, each walk costing in proportion to the handlers running. A
+/// child no pidfd reports is older than those, so it is found first, or at the next scan.
+const SCAN_REAPS: usize = 4;
+/// Running handlers from which a new one's output pipe and pidfd, which live as long as it
+/// does, are moved above the descriptors handlers are started with (`spawn::move_up`): below
+/// this, rinetd's table is small enough to copy whole.
+const MOVE_UP_FROM: usize = 32;
 /// A handler's stderr line longer than this is logged in pieces.
 const MAX_LINE: usize = 4096;
 /// Bytes of one handler's output read per turn.
@@ -259,7 +268,9 @@ impl Server {
         }
         let now = Instant::now();
         let pid = spawned.pid;
-        let output = self.watch_output(label, pid, spawned.output, false);
+        let many = self.children.running.len() >= MOVE_UP_FROM;
+        let lasting = |fd| if many { spawn::move_up(fd) } else { fd };
+        let output = self.watch_output(label, pid, lasting(spawned.output), false);
         let script_problem = self
             .table
             .get(id)
@@ -274,7 +285,10 @@ impl Server {
             };
             self.timers.schedule(now + timeout, timer)
         });
-        let pidfd = spawned.pidfd.filter(|_| self.children.pidfd_reaping);
+        let pidfd = spawned
+            .pidfd
+            .filter(|_| self.children.pidfd_reaping)
+            .map(lasting);
         let pidfd = pidfd.and_then(|pidfd| {
             let token = self.tokens.next(SourceKind::Process);
             // Registered after the start: a handler that has exited already is reported at once.
@@ -427,7 +441,7 @@ impl Server {
         } else if !self.children.scan_due {
             let at = self.children.last_scan + SCAN_INTERVAL;
             if at <= Instant::now() {
-                self.reap();
+                self.reap_some();
             } else {
                 self.children.scan_due = true;
                 self.timers.schedule(at, Timer::Scan);
@@ -437,9 +451,19 @@ impl Server {
 
     /// Reaps every child that has ended (SIGCHLD coalesces: one signal may stand for many).
     pub(super) fn reap(&mut self) {
-        self.children.last_scan = Instant::now();
+        self.scan(usize::MAX);
+    }
+
+    /// The periodic scan: a few of the children that have ended (see SCAN_REAPS).
+    pub(super) fn reap_some(&mut self) {
+        self.scan(SCAN_REAPS);
+    }
+
+    fn scan(&mut self, most: usize) {
+        let now = Instant::now();
+        self.children.last_scan = now;
         self.children.scan_due = false;
-        loop {
+        for _ in 0..most {
             match spawn::reap_any() {
                 Ok(Some((pid, ending))) => self.child_exited(pid, ending),
                 Ok(None) => return,
@@ -449,6 +473,9 @@ impl Server {
                 }
             }
         }
+        // There may be more, and their SIGCHLDs have come already.
+        self.children.scan_due = true;
+        self.timers.schedule(now + SCAN_INTERVAL, Timer::Scan);
     }
 
     fn child_exited(&mut self, pid: Pid, ending: Ending) {

@@ -369,7 +369,7 @@ impl Server {
                 Timer::HeadDeadline(token) => self.head_deadline(token),
                 Timer::StopDeadline => self.children.kill_all(),
                 Timer::Respawn(id) => self.respawn(id),
-                Timer::Scan => self.reap(),
+                Timer::Scan => self.reap_some(),
                 Timer::Watchdog => {
                     notifier.watchdog();
                     if let Some(interval) = notifier.watchdog_interval() {

@@ -182,3 +182,51 @@ fn a_child_a_handler_gives_rinetd_with_clone_parent_is_reaped() {
         process_status(given).is_none_or(|(parent, _)| parent != rinetd)
     });
 }
+
+/// Descriptors of rinetd's numbered `from` or above.
+fn descriptors_from(pid: i32, from: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|fd| *fd >= from)
+        .count()
+}
+
+/// With many handlers running, each new one's output pipe and pidfd are moved above the
+/// descriptors handlers are started with, so that a start copies few of rinetd's descriptors
+/// however many handlers run. Moved, they still carry the handler's stderr and its exit.
+#[test]
+fn with_many_handlers_running_their_descriptors_are_moved_up_and_still_work() {
+    let dir = TestDir::new("moved-up");
+    let hold = dir.script("hold.sh", "echo started >&2\nread line\necho \"$line\"");
+    let daemon = Daemon::start(&dir, &[Service::new("hold", &hold)]);
+    let rinetd = daemon.pid();
+    let limits = std::fs::read_to_string(format!("/proc/{rinetd}/limits")).expect("limits");
+    let soft: u64 = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(0);
+    if soft <= 4096 {
+        eprintln!("skipped: rinetd may open {soft} descriptors, none of them from 4096 up");
+        return;
+    }
+    // The first 32 start with few handlers running; the next 8 find 32 or more.
+    let mut clients: Vec<_> = (0..40).map(|_| daemon.connect("hold")).collect();
+    daemon.assert_line_count("hold/tcp: stderr pid=", 40);
+    assert_eq!(
+        descriptors_from(rinetd, 4096),
+        2 * 8,
+        "output pipes and pidfds moved up"
+    );
+    for client in &mut clients {
+        client.write_all(b"bye\n").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_eof(client), "bye\n");
+    }
+    daemon.assert_line_count("hold/tcp: exited pid=", 40);
+    wait_until("the moved descriptors are closed", || {
+        descriptors_from(rinetd, 4096) == 0
+    });
+    assert!(zombie_children(rinetd).is_empty());
+}
