@@ -52,9 +52,10 @@ pub struct Spawner {
     /// False when fs.suid_dumpable is 1: a handler's user could then ptrace its child between
     /// setuid and exec, and with shared memory reach rinetd's; such children are forked.
     memory_sharing_is_safe: bool,
-    /// The kernel has close_range's CLOSE_RANGE_UNSHARE (Linux 5.9): a child that shares
-    /// rinetd's memory also starts on its descriptor table (CLONE_FILES) and copies only the
-    /// descriptors it uses (see `ChildPlan::unshare_below`).
+    /// A child that shares rinetd's memory also starts on its descriptor table (CLONE_FILES)
+    /// and copies only the descriptors it uses (see `ChildPlan::unshare_below`): on Linux 6.11
+    /// and later, where close_range's CLOSE_RANGE_UNSHARE is fast and no longer corrupts the
+    /// copy's bitmap of open descriptors (fixed in 6.11; older kernels keep the plain path).
     table_sharing_works: bool,
     /// What each spawn builds, kept between spawns so that starting a handler allocates
     /// nothing once warmed up (the loop is single-threaded: one spawn at a time).
@@ -90,7 +91,7 @@ impl Spawner {
             dumpable: nix::sys::prctl::get_dumpable().unwrap_or(true),
             memory_sharing_is_safe: std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
                 .map_or(true, |value| value.trim() != "1"),
-            table_sharing_works: close_range_unshares(),
+            table_sharing_works: kernel_at_least(6, 11) && close_range_unshares(),
             scratch: RefCell::new(Scratch::default()),
         })
     }
@@ -501,6 +502,32 @@ pub fn reap_any() -> io::Result<Option<(Pid, Ending)>> {
     }
 }
 
+impl Spawner {
+    /// Whether handlers start on rinetd's descriptor table and copy only the descriptors
+    /// they use (all of them: with fs.suid_dumpable 1, some are forked instead).
+    pub fn starts_on_shared_table(&self) -> bool {
+        self.table_sharing_works && self.memory_sharing_is_safe
+    }
+}
+
+/// Whether the running kernel is `major.minor` or later (by /proc/sys/kernel/osrelease).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    release_at_least(&release, major, minor)
+}
+
+/// Whether kernel release `release` ("6.18.44-fc", "5.10.0-28-amd64") is `major.minor` or
+/// later; false when it cannot tell.
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(found_major), Some(found_minor)) => (found_major, found_minor) >= (major, minor),
+        _ => false,
+    }
+}
+
 /// Whether close_range knows CLOSE_RANGE_UNSHARE. Asked on rinetd's own table, which nothing
 /// shares, with a range holding no descriptor: it changes nothing either way.
 fn close_range_unshares() -> bool {
@@ -647,5 +674,16 @@ mod tests {
         let udp = address_vars(Protocol::Udp, remote, local);
         assert_eq!(udp.len(), 4);
         assert_eq!(udp[2], ("LOCAL_ADDR", "127.0.0.1".to_string()));
+    }
+
+    #[test]
+    fn a_kernel_release_is_compared_by_major_then_minor() {
+        assert!(release_at_least("6.18.44-fc-v1045", 6, 11));
+        assert!(release_at_least("6.11", 6, 11));
+        assert!(release_at_least("7.0.1", 6, 11));
+        assert!(!release_at_least("6.10.14-generic", 6, 11));
+        assert!(!release_at_least("5.15.0-91-generic", 6, 11));
+        assert!(!release_at_least("", 6, 11));
+        assert!(!release_at_least("linux", 6, 11));
     }
 }

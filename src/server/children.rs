@@ -38,8 +38,9 @@ pub const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Children such a scan reaps at most. Each waitpid(-1) walks every child, and handlers that
 /// have just ended (their pidfds not read yet) are found too: an unbounded scan reaped dozens
-/// of them a second under load, each walk costing in proportion to the handlers running. A
-/// child no pidfd reports is older than those, so it is found first, or at the next scan.
+/// of them a second under load, each walk costing in proportion to the handlers running. The
+/// kernel walks children oldest first, so a child no pidfd reports has before it only those
+/// that ended before the scan, not those started after it: a few scans reap it.
 const SCAN_REAPS: usize = 4;
 /// Running handlers from which a new one's output pipe and pidfd, which live as long as it
 /// does, are moved above the descriptors handlers are started with (`spawn::move_up`): below
@@ -107,8 +108,8 @@ pub struct Children {
     /// Whether waitid(P_PIDFD) works here; once refused, handlers are reaped by the scan.
     pidfd_reaping: bool,
     last_scan: Instant,
-    /// A scan is scheduled (SCAN_INTERVAL after the last).
-    scan_due: bool,
+    /// The one scheduled scan (SCAN_INTERVAL after the last), if any.
+    scan_timer: Option<TimerId>,
     outputs: HashMap<Token, Output>,
     spawner: Spawner,
     /// The output pipe for the next handler, made before its connection is accepted.
@@ -124,7 +125,7 @@ impl Children {
             foreign_children: may_have_foreign_children(),
             pidfd_reaping: true,
             last_scan: Instant::now(),
-            scan_due: false,
+            scan_timer: None,
             outputs: HashMap::new(),
             spawner,
             spare_pipe: None,
@@ -268,7 +269,10 @@ impl Server {
         }
         let now = Instant::now();
         let pid = spawned.pid;
-        let many = self.children.running.len() >= MOVE_UP_FROM;
+        // Only where a start copies no more than the descriptors it uses: elsewhere (fork, or no
+        // table sharing) descriptors up there would make every start copy up to them.
+        let many = self.children.running.len() >= MOVE_UP_FROM
+            && self.children.spawner.starts_on_shared_table();
         let lasting = |fd| if many { spawn::move_up(fd) } else { fd };
         let output = self.watch_output(label, pid, lasting(spawned.output), false);
         let script_problem = self
@@ -438,13 +442,12 @@ impl Server {
     pub(super) fn child_signalled(&mut self) {
         if self.children.scans() {
             self.reap();
-        } else if !self.children.scan_due {
+        } else if self.children.scan_timer.is_none() {
             let at = self.children.last_scan + SCAN_INTERVAL;
             if at <= Instant::now() {
                 self.reap_some();
             } else {
-                self.children.scan_due = true;
-                self.timers.schedule(at, Timer::Scan);
+                self.children.scan_timer = Some(self.timers.schedule(at, Timer::Scan));
             }
         }
     }
@@ -462,7 +465,10 @@ impl Server {
     fn scan(&mut self, most: usize) {
         let now = Instant::now();
         self.children.last_scan = now;
-        self.children.scan_due = false;
+        if let Some(timer) = self.children.scan_timer.take() {
+            // Whether it is this scan's own or still to come, it is the only one.
+            self.timers.cancel(timer);
+        }
         for _ in 0..most {
             match spawn::reap_any() {
                 Ok(Some((pid, ending))) => self.child_exited(pid, ending),
@@ -474,8 +480,7 @@ impl Server {
             }
         }
         // There may be more, and their SIGCHLDs have come already.
-        self.children.scan_due = true;
-        self.timers.schedule(now + SCAN_INTERVAL, Timer::Scan);
+        self.children.scan_timer = Some(self.timers.schedule(now + SCAN_INTERVAL, Timer::Scan));
     }
 
     fn child_exited(&mut self, pid: Pid, ending: Ending) {
