@@ -11,7 +11,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::harness::{Daemon, Service, TestDir, connect, exchange, free_port_on_both_families};
+use crate::harness::{
+    Daemon, Service, TestDir, connect, exchange, free_port_on_both_families, is_root,
+};
 
 fn signal(daemon: &Daemon, signal: Signal) {
     kill(Pid::from_raw(daemon.pid()), signal).expect("signal the daemon");
@@ -228,6 +230,42 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Runs `test` on a thread of its own in a network namespace of its own, whose only interface
+/// is its loopback: systemd-socket-activate's `[::]:PORT` socket then listens on loopback
+/// alone, as every socket of the suite must. A namespace is a thread's, and so are the
+/// processes it starts. False where one cannot be made (it needs root).
+fn in_private_network(test: impl FnOnce() + Send + 'static) -> bool {
+    if !is_root() {
+        return false;
+    }
+    let outcome = std::thread::spawn(move || {
+        // SAFETY: unshare(CLONE_NEWNET) moves this thread alone into a new network namespace;
+        // it touches no memory.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return false;
+        }
+        let namespace = |task: &str| std::fs::read_link(format!("/proc/{task}/ns/net")).ok();
+        assert_ne!(
+            namespace("thread-self"),
+            namespace("self"),
+            "the thread is still in the suite's network namespace"
+        );
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        if !up.is_ok_and(|status| status.success()) {
+            return false;
+        }
+        test();
+        true
+    })
+    .join();
+    match outcome {
+        Ok(made) => made,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// `rinetd -f` for `config`, started by the real systemd-socket-activate listening on `port`
 /// (as `ListenStream=PORT` does: one `[::]:PORT` socket that takes IPv4 too), or None where the
 /// machine lacks the tool. The tool starts rinetd at the first connection: `first_client`
@@ -259,63 +297,77 @@ fn socket_activated(
 
 #[test]
 fn a_socket_activated_dual_stack_socket_serves_a_service_on_the_ipv4_wildcard() {
-    // ListenStream=PORT hands over [::]:PORT with IPV6_V6ONLY off. A service on 0.0.0.0:PORT
-    // used to bind its own socket against it, fail with "address in use", close the inherited
-    // one as unclaimed and serve nothing.
-    let dir = TestDir::new("activate-dual-v4");
-    let server = dir.script("hello.sh", "echo \"hello $REMOTE_ADDR\"");
-    let port = free_port_on_both_families();
-    let config = dir.services_config(&[Service::new("web", &server)
-        .set("address", "0.0.0.0")
-        .set("port", &port.to_string())]);
-    let first_client = (Ipv4Addr::LOCALHOST, port).into();
-    let Some((daemon, first)) = socket_activated(&config, port, first_client) else {
-        eprintln!("skipped: systemd-socket-activate is not installed");
-        return;
-    };
-    daemon.wait_for_line(&format!(
-        "web/tcp: listening address=[::]:{port} inherited=true"
-    ));
-    assert_eq!(exchange(first, ""), "hello 127.0.0.1\n");
-    let answer = exchange(connect((Ipv4Addr::LOCALHOST, port).into()), "");
-    // The IPv4 client arrives as ::ffff:127.0.0.1 and is its IPv4 address.
-    assert_eq!(answer, "hello 127.0.0.1\n");
-    assert_eq!(
-        daemon.count_lines("bind failed"),
-        0,
-        "{:#?}",
-        daemon.lines()
-    );
-    assert_eq!(daemon.count_lines("claimed by no service"), 0);
+    let made = in_private_network(|| {
+        // ListenStream=PORT hands over [::]:PORT with IPV6_V6ONLY off. A service on 0.0.0.0:PORT
+        // used to bind its own socket against it, fail with "address in use", close the inherited
+        // one as unclaimed and serve nothing.
+        let dir = TestDir::new("activate-dual-v4");
+        let server = dir.script("hello.sh", "echo \"hello $REMOTE_ADDR\"");
+        let port = free_port_on_both_families();
+        let config = dir.services_config(&[Service::new("web", &server)
+            .set("address", "0.0.0.0")
+            .set("port", &port.to_string())]);
+        let first_client = (Ipv4Addr::LOCALHOST, port).into();
+        let Some((daemon, first)) = socket_activated(&config, port, first_client) else {
+            eprintln!("skipped: systemd-socket-activate is not installed");
+            return;
+        };
+        daemon.wait_for_line(&format!(
+            "web/tcp: listening address=[::]:{port} inherited=true"
+        ));
+        assert_eq!(exchange(first, ""), "hello 127.0.0.1\n");
+        let answer = exchange(connect((Ipv4Addr::LOCALHOST, port).into()), "");
+        // The IPv4 client arrives as ::ffff:127.0.0.1 and is its IPv4 address.
+        assert_eq!(answer, "hello 127.0.0.1\n");
+        assert_eq!(
+            daemon.count_lines("bind failed"),
+            0,
+            "{:#?}",
+            daemon.lines()
+        );
+        assert_eq!(daemon.count_lines("claimed by no service"), 0);
+    });
+    if !made {
+        eprintln!(
+            "skipped: needs root for a network namespace of its own (the socket listens on [::])"
+        );
+    }
 }
 
 #[test]
 fn a_socket_activated_dual_stack_socket_serves_both_wildcards_of_one_service() {
-    let dir = TestDir::new("activate-dual-both");
-    let server = dir.script("hello.sh", "echo \"hello $REMOTE_ADDR\"");
-    let port = free_port_on_both_families();
-    let config = dir.services_config(&[Service::new("web", &server)
-        .set("address", "[0.0.0.0, \"::\"]")
-        .set("port", &port.to_string())]);
-    let first_client = (Ipv6Addr::LOCALHOST, port).into();
-    let Some((daemon, first)) = socket_activated(&config, port, first_client) else {
-        eprintln!("skipped: systemd-socket-activate is not installed");
-        return;
-    };
-    assert_eq!(exchange(first, ""), "hello ::1\n");
-    let four = exchange(connect((Ipv4Addr::LOCALHOST, port).into()), "");
-    let six = exchange(connect((Ipv6Addr::LOCALHOST, port).into()), "");
-    assert_eq!(
-        (four.as_str(), six.as_str()),
-        ("hello 127.0.0.1\n", "hello ::1\n")
-    );
-    assert_eq!(
-        daemon.count_lines("bind failed"),
-        0,
-        "{:#?}",
-        daemon.lines()
-    );
-    assert_eq!(daemon.count_lines("web/tcp: listening address="), 2);
+    let made = in_private_network(|| {
+        let dir = TestDir::new("activate-dual-both");
+        let server = dir.script("hello.sh", "echo \"hello $REMOTE_ADDR\"");
+        let port = free_port_on_both_families();
+        let config = dir.services_config(&[Service::new("web", &server)
+            .set("address", "[0.0.0.0, \"::\"]")
+            .set("port", &port.to_string())]);
+        let first_client = (Ipv6Addr::LOCALHOST, port).into();
+        let Some((daemon, first)) = socket_activated(&config, port, first_client) else {
+            eprintln!("skipped: systemd-socket-activate is not installed");
+            return;
+        };
+        assert_eq!(exchange(first, ""), "hello ::1\n");
+        let four = exchange(connect((Ipv4Addr::LOCALHOST, port).into()), "");
+        let six = exchange(connect((Ipv6Addr::LOCALHOST, port).into()), "");
+        assert_eq!(
+            (four.as_str(), six.as_str()),
+            ("hello 127.0.0.1\n", "hello ::1\n")
+        );
+        assert_eq!(
+            daemon.count_lines("bind failed"),
+            0,
+            "{:#?}",
+            daemon.lines()
+        );
+        assert_eq!(daemon.count_lines("web/tcp: listening address="), 2);
+    });
+    if !made {
+        eprintln!(
+            "skipped: needs root for a network namespace of its own (the socket listens on [::])"
+        );
+    }
 }
 
 #[test]
