@@ -95,6 +95,12 @@ impl Spawner {
             scratch: RefCell::new(Scratch::default()),
         })
     }
+
+    /// Whether handlers start on rinetd's descriptor table and copy only the descriptors
+    /// they use (all of them: with fs.suid_dumpable 1, some are forked instead).
+    pub fn starts_on_shared_table(&self) -> bool {
+        self.table_sharing_works && self.memory_sharing_is_safe
+    }
 }
 
 /// `REMOTE_*`/`LOCAL_*` (and for TCP the UCSPI `TCP*` names) of the contract, in its order.
@@ -499,14 +505,6 @@ pub fn reap_any() -> io::Result<Option<(Pid, Ending)>> {
             Ending::Exited(libc::WEXITSTATUS(status))
         };
         return Ok(Some((Pid::from_raw(pid), ending)));
-    }
-}
-
-impl Spawner {
-    /// Whether handlers start on rinetd's descriptor table and copy only the descriptors
-    /// they use (all of them: with fs.suid_dumpable 1, some are forked instead).
-    pub fn starts_on_shared_table(&self) -> bool {
-        self.table_sharing_works && self.memory_sharing_is_safe
     }
 }
 
