@@ -329,7 +329,7 @@ fn a_socket_activated_dual_stack_socket_serves_a_service_on_the_ipv4_wildcard() 
     });
     if !made {
         eprintln!(
-            "skipped: needs root for a network namespace of its own (the socket listens on [::])"
+            "skipped: needs root and ip(8) for a network namespace of its own (the socket listens on [::])"
         );
     }
 }
@@ -365,7 +365,7 @@ fn a_socket_activated_dual_stack_socket_serves_both_wildcards_of_one_service() {
     });
     if !made {
         eprintln!(
-            "skipped: needs root for a network namespace of its own (the socket listens on [::])"
+            "skipped: needs root and ip(8) for a network namespace of its own (the socket listens on [::])"
         );
     }
 }
