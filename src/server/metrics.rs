@@ -65,37 +65,34 @@ impl Server {
             .map(|(_, entry)| (labels(entry), entry))
             .collect();
         let mut out = String::with_capacity(1024 + services.len() * 1500);
-        let mut each =
-            |name: &str, kind: &str, help: &str, sample: &dyn Fn(&mut String, &str, &Entry)| {
-                family(&mut out, name, kind, help);
-                for (labels, entry) in &services {
-                    sample(&mut out, labels, entry);
-                }
-            };
+        // A family of per-service samples; `sample` gets the family's name, so that it is
+        // written once.
+        let mut each = |name: &str,
+                        kind: &str,
+                        help: &str,
+                        sample: &dyn Fn(&mut String, &str, &str, &Entry)| {
+            family(&mut out, name, kind, help);
+            for (labels, entry) in &services {
+                sample(&mut out, name, labels, entry);
+            }
+        };
         each(
             "rinetd_service_accepted_total",
             "counter",
             "Connections accepted (or datagrams read) by the service.",
-            &|out, labels, entry| {
-                let _ = writeln!(
-                    out,
-                    "rinetd_service_accepted_total{{{labels}}} {}",
-                    entry.counters.accepted
-                );
+            &|out, name, labels, entry| {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", entry.counters.accepted);
             },
         );
         each(
             "rinetd_service_refused_total",
             "counter",
             "Clients refused, by reason.",
-            &|out, labels, entry| {
+            &|out, name, labels, entry| {
                 for reason in REFUSALS {
                     let count = entry.counters.refused.get(&reason).copied().unwrap_or(0);
                     let reason = reason.as_str();
-                    let _ = writeln!(
-                        out,
-                        "rinetd_service_refused_total{{{labels},reason=\"{reason}\"}} {count}"
-                    );
+                    let _ = writeln!(out, "{name}{{{labels},reason=\"{reason}\"}} {count}");
                 }
             },
         );
@@ -103,34 +100,26 @@ impl Server {
             "rinetd_service_running",
             "gauge",
             "Handlers and connections of the service now.",
-            &|out, labels, entry| {
-                let _ = writeln!(
-                    out,
-                    "rinetd_service_running{{{labels}}} {}",
-                    entry.running()
-                );
+            &|out, name, labels, entry| {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", entry.running());
             },
         );
         each(
             "rinetd_service_spawn_failures_total",
             "counter",
             "Handlers that could not be started.",
-            &|out, labels, entry| {
-                let _ = writeln!(
-                    out,
-                    "rinetd_service_spawn_failures_total{{{labels}}} {}",
-                    entry.counters.spawn_failures
-                );
+            &|out, name, labels, entry| {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", entry.counters.spawn_failures);
             },
         );
         each(
             "rinetd_service_tls_handshake_failures_total",
             "counter",
             "TLS handshakes that failed or passed handshake_timeout.",
-            &|out, labels, entry| {
+            &|out, name, labels, entry| {
                 let _ = writeln!(
                     out,
-                    "rinetd_service_tls_handshake_failures_total{{{labels}}} {}",
+                    "{name}{{{labels}}} {}",
                     entry.counters.tls_handshake_failures
                 );
             },
@@ -139,17 +128,14 @@ impl Server {
             "rinetd_service_exits_total",
             "counter",
             "Handlers reaped, by outcome: exit status 0, another status, or a signal.",
-            &|out, labels, entry| {
+            &|out, name, labels, entry| {
                 let c = &entry.counters;
                 for (outcome, count) in [
                     ("success", c.exits_success),
                     ("failure", c.exits_failure),
                     ("signal", c.exits_signal),
                 ] {
-                    let _ = writeln!(
-                        out,
-                        "rinetd_service_exits_total{{{labels},outcome=\"{outcome}\"}} {count}"
-                    );
+                    let _ = writeln!(out, "{name}{{{labels},outcome=\"{outcome}\"}} {count}");
                 }
             },
         );
@@ -157,50 +143,37 @@ impl Server {
             "rinetd_service_handler_seconds",
             "histogram",
             "How long handlers ran.",
-            &|out, labels, entry| {
+            &|out, name, labels, entry| {
                 let c = &entry.counters;
                 let mut cumulative = 0;
                 for (bound, count) in RUN_TIME_BUCKETS.iter().zip(&c.run_time_buckets) {
                     cumulative += count;
-                    let _ = writeln!(
-                        out,
-                        "rinetd_service_handler_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                    );
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
                 }
                 let total: u64 = c.run_time_buckets.iter().sum();
-                let _ = writeln!(
-                    out,
-                    "rinetd_service_handler_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
-                );
-                let _ = writeln!(
-                    out,
-                    "rinetd_service_handler_seconds_sum{{{labels}}} {}",
-                    c.run_time_sum
-                );
-                let _ = writeln!(
-                    out,
-                    "rinetd_service_handler_seconds_count{{{labels}}} {total}"
-                );
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {}", c.run_time_sum);
+                let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
             },
         );
         each(
             "rinetd_service_restarts_total",
             "counter",
             "Handlers of a supervised or wait: true service started again after the first.",
-            &|out, labels, entry| {
+            &|out, name, labels, entry| {
                 let restarts = if entry.kind == Kind::Wait || entry.service.supervise.is_some() {
                     entry.counters.started.saturating_sub(1)
                 } else {
                     0
                 };
-                let _ = writeln!(out, "rinetd_service_restarts_total{{{labels}}} {restarts}");
+                let _ = writeln!(out, "{name}{{{labels}}} {restarts}");
             },
         );
         each(
             "rinetd_service_up",
             "gauge",
             "1 while the service listens (a supervised one: while its program runs).",
-            &|out, labels, entry| {
+            &|out, name, labels, entry| {
                 let up = if entry.service.supervise.is_some() {
                     entry.running() > 0
                 } else {
@@ -209,7 +182,7 @@ impl Server {
                         .iter()
                         .any(|token| self.listeners.get(*token).is_some_and(|l| l.is_bound()))
                 };
-                let _ = writeln!(out, "rinetd_service_up{{{labels}}} {}", u8::from(up));
+                let _ = writeln!(out, "{name}{{{labels}}} {}", u8::from(up));
             },
         );
         family(
