@@ -5,9 +5,9 @@
 
 use std::io::Write;
 
-use crate::harness::{Daemon, PidsCgroup, Service, TestDir, is_root};
+use crate::harness::{Daemon, LogLine, PidsCgroup, Service, TestDir, is_root};
 use crate::support::{
-    CpuMeter, Figures, Footprint, IDLE_CPU_SHARE, LatencyProbe, assert_back_to, percent,
+    CpuMeter, Figures, Footprint, IDLE_CPU_SHARE, Latencies, LatencyProbe, assert_back_to, percent,
     try_read_line, watch_for,
 };
 
@@ -43,6 +43,62 @@ fn finish_clients(clients: &mut [std::net::TcpStream]) -> (usize, Vec<String>) {
     (served, lost)
 }
 
+/// What one run of exhaustion showed: from the first failure, through EXHAUSTED_FOR of
+/// waiting, to every client finished and the recovery logged.
+struct Exhaustion {
+    first_failure: LogLine,
+    /// Handlers started by the end of the wait.
+    running: usize,
+    served: usize,
+    lost: Vec<String>,
+    /// Failed starts, as the `spawn recovered` line counts them.
+    attempts: u64,
+    refused: usize,
+    /// rinetd's share of a core while it waited.
+    cpu_share: f64,
+    /// Lines of the log during the wait that `is_failure` picks.
+    failure_lines: usize,
+    latencies: Latencies,
+    after: Footprint,
+}
+
+/// CLIENTS clients of `hold` against a limit that `daemon` hits: waits for the first failure,
+/// measures EXHAUSTED_FOR of waiting, then lets every client finish.
+fn exhaust(daemon: &Daemon, baseline: Footprint, is_failure: impl Fn(&str) -> bool) -> Exhaustion {
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| daemon.connect("hold")).collect();
+    let first_failure = daemon.wait_for_line("hold/tcp: fork failed error=");
+    let probe = LatencyProbe::start(daemon.addresses("probe")[0]);
+    let lines_before = daemon.lines().len();
+    let cpu = CpuMeter::start(daemon.pid());
+    watch_for(EXHAUSTED_FOR);
+    let cpu_share = cpu.share();
+    let failure_lines = daemon.lines()[lines_before..]
+        .iter()
+        .filter(|line| is_failure(line))
+        .count();
+    let latencies = probe.stop();
+    let running = daemon.count_lines("hold/tcp: accepted ");
+
+    let (served, lost) = finish_clients(&mut clients);
+    let recovered =
+        daemon.wait_for_line_after(&first_failure, "hold/tcp: spawn recovered failures=");
+    let attempts: u64 = recovered.field("failures").parse().unwrap();
+    let refused = daemon.count_lines("refused");
+    let after = assert_back_to(daemon, baseline, RSS_SLACK_KIB);
+    Exhaustion {
+        first_failure,
+        running,
+        served,
+        lost,
+        attempts,
+        refused,
+        cpu_share,
+        failure_lines,
+        latencies,
+        after,
+    }
+}
+
 #[test]
 #[ignore = "long: make test-long"]
 fn out_of_processes_in_a_pids_cgroup_rinetd_keeps_the_backlog_logs_once_and_recovers() {
@@ -58,27 +114,19 @@ fn out_of_processes_in_a_pids_cgroup_rinetd_keeps_the_backlog_logs_once_and_reco
     let baseline = Footprint::of(&daemon);
     cgroup.add(daemon.pid());
 
-    let mut clients: Vec<_> = (0..CLIENTS).map(|_| daemon.connect("hold")).collect();
-    let first_failure = daemon.wait_for_line("hold/tcp: fork failed error=");
+    let Exhaustion {
+        first_failure,
+        running,
+        served,
+        lost,
+        attempts,
+        refused,
+        cpu_share,
+        failure_lines: fork_failed_lines,
+        latencies,
+        after,
+    } = exhaust(&daemon, baseline, |line| line.contains("fork failed"));
     assert!(first_failure.text.contains("backoff="));
-    let probe = LatencyProbe::start(daemon.addresses("probe")[0]);
-    let lines_before = daemon.lines().len();
-    let cpu = CpuMeter::start(daemon.pid());
-    watch_for(EXHAUSTED_FOR);
-    let cpu_share = cpu.share();
-    let fork_failed_lines = daemon.lines()[lines_before..]
-        .iter()
-        .filter(|line| line.contains("fork failed"))
-        .count();
-    let latencies = probe.stop();
-    let running = daemon.count_lines("hold/tcp: accepted ");
-
-    let (served, lost) = finish_clients(&mut clients);
-    let recovered =
-        daemon.wait_for_line_after(&first_failure, "hold/tcp: spawn recovered failures=");
-    let attempts: u64 = recovered.field("failures").parse().unwrap();
-    let refused = daemon.count_lines("refused");
-    let after = assert_back_to(&daemon, baseline, RSS_SLACK_KIB);
     Figures::new("pids-cgroup")
         .add("pids_max", 1 + HANDLERS)
         .add("clients", CLIENTS)
@@ -137,26 +185,20 @@ fn out_of_processes_for_the_handlers_user_rinetd_keeps_the_backlog_logs_once_and
 
     // The first handlers fill the user's processes; the next one cannot exec, and the rest
     // wait for the back-off to end.
-    let mut clients: Vec<_> = (0..CLIENTS).map(|_| daemon.connect("hold")).collect();
-    let first_failure = daemon.wait_for_line("hold/tcp: fork failed error=");
-    let probe = LatencyProbe::start(daemon.addresses("probe")[0]);
-    let lines_before = daemon.lines().len();
-    let cpu = CpuMeter::start(daemon.pid());
-    watch_for(EXHAUSTED_FOR);
-    let cpu_share = cpu.share();
-    let failed_lines = daemon.lines()[lines_before..]
-        .iter()
-        .filter(|line| line.contains("fork failed") || line.contains("spawn failed"))
-        .count();
-    let latencies = probe.stop();
-    let running = daemon.count_lines("hold/tcp: accepted ");
-
-    let (served, lost) = finish_clients(&mut clients);
-    let recovered =
-        daemon.wait_for_line_after(&first_failure, "hold/tcp: spawn recovered failures=");
-    let attempts: u64 = recovered.field("failures").parse().unwrap();
-    let refused = daemon.count_lines("refused");
-    let after = assert_back_to(&daemon, baseline, RSS_SLACK_KIB);
+    let Exhaustion {
+        first_failure,
+        running,
+        served,
+        lost,
+        attempts,
+        refused,
+        cpu_share,
+        failure_lines: failed_lines,
+        latencies,
+        after,
+    } = exhaust(&daemon, baseline, |line| {
+        line.contains("fork failed") || line.contains("spawn failed")
+    });
     Figures::new("rlimit-nproc")
         .add("nproc", HANDLERS)
         .add("clients", CLIENTS)
