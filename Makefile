@@ -83,12 +83,14 @@ check: fmt clippy
 # compatibility tests' clients (netcat-openbsd, rdate), man (man-db, groff-base) and the
 # package tools (dpkg-dev's objdump comes from binutils, lintian); and Debian's stock inetd and
 # xinetd files, unpacked under target/ by tests/debian-stock.sh; the TLS tests' certificates
-# and clients: openssl, curl and socat (a TLS client that half-closes).
+# and clients: openssl, curl and socat (a TLS client that half-closes); ip (iproute2) to bring
+# up the loopback of the network namespace the wildcard socket-activation tests run in.
 deps:
 	@missing=""; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
 	for tool in prlimit setpriv unshare; do command -v $$tool >/dev/null || missing="$$missing util-linux"; done; \
 	command -v nc >/dev/null || missing="$$missing netcat-openbsd"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v rdate >/dev/null || missing="$$missing rdate"; \
 	command -v man >/dev/null || missing="$$missing man-db"; \
 	command -v groff >/dev/null || missing="$$missing groff-base"; \
