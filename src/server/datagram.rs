@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Instant, SystemTime};
 
@@ -43,7 +44,7 @@ pub struct Datagrams {
     /// touched only as far as datagrams fill them), made at the first batch.
     batch: Vec<u8>,
     /// The senders and lengths of a batch, and its replies, kept between batches.
-    received: Vec<(usize, SocketAddr)>,
+    received: Vec<(Range<usize>, SocketAddr)>,
     answers: Vec<(Vec<u8>, SocketAddr)>,
     /// The message headers of recvmmsg, one set per address family: the kernel writes each
     /// sender's address length back into them, and a socket of one family always gives the
@@ -280,15 +281,17 @@ impl Server {
             // costs more to find). A queue still there after two is read in batches.
             let read = if taken < 2 {
                 match self.listeners.get(token).and_then(|l| l.datagram()) {
-                    Some(socket) => receive(socket, &mut buffers[..MAX_DATAGRAM])
-                        .map(|got| received.extend(got)),
-                    None => Ok(()),
+                    Some(socket) => receive(socket, &mut buffers[..MAX_DATAGRAM]).map(|got| {
+                        received.extend(got.map(|(len, peer)| (0..len, peer)));
+                        received.len()
+                    }),
+                    None => Ok(0),
                 }
             } else {
                 receive_batch(fd, &mut receive_headers, &mut buffers, &mut received)
             };
-            match read {
-                Ok(()) => {}
+            let count = match read {
+                Ok(count) => count,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 // An error belongs to one datagram (or is an ICMP report about an earlier
                 // reply): the receive consumed it, and the next datagram is unaffected.
@@ -299,14 +302,14 @@ impl Server {
                     taken += 1;
                     continue;
                 }
-            }
+            };
             replies.clear();
             let now = SystemTime::now();
-            for (index, (len, peer)) in received.iter().copied().enumerate() {
+            for (bytes, peer) in received.iter().cloned() {
                 if !self.admit_datagram(id, peer, true) {
                     continue;
                 }
-                let request = &buffers[index * MAX_DATAGRAM..][..len];
+                let request = &buffers[bytes];
                 let random = self.datagrams.next_random();
                 if let Some(reply) = builtin::datagram_reply(builtin, request, now, random) {
                     replies.push((reply, peer));
@@ -322,11 +325,13 @@ impl Server {
                 _ => send_batch(fd, &mut send_headers, &replies),
             }
             replies.clear();
-            if received.is_empty() {
+            // Empty only when the socket had nothing: a batch whose datagrams all lacked a
+            // sender still took them off the queue, and the next read must come.
+            if count == 0 {
                 finished = true;
                 break;
             }
-            taken += received.len();
+            taken += count;
         }
         self.datagrams.batch = buffers;
         self.datagrams.received = received;
@@ -461,28 +466,32 @@ impl Server {
 }
 
 /// Up to BATCH datagrams off `fd` with one recvmmsg, into consecutive MAX_DATAGRAM slots of
-/// `buffers`: their lengths and senders go to `received` (none when there is nothing to read).
+/// `buffers`: where each one's bytes are and who sent it go to `received`. Returns how many
+/// the kernel gave (0 when there is nothing to read).
 fn receive_batch(
     fd: RawFd,
     headers: &mut MultiHeaders<SockaddrStorage>,
     buffers: &mut [u8],
-    received: &mut Vec<(usize, SocketAddr)>,
-) -> io::Result<()> {
+    received: &mut Vec<(Range<usize>, SocketAddr)>,
+) -> io::Result<usize> {
     let mut chunks = buffers.chunks_mut(MAX_DATAGRAM);
     let mut slots: [[IoSliceMut<'_>; 1]; BATCH] =
         std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
     let results = match recvmmsg(fd, headers, slots.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
         Ok(results) => results,
-        Err(Errno::EAGAIN) => return Ok(()),
+        Err(Errno::EAGAIN) => return Ok(0),
         Err(errno) => return Err(errno.into()),
     };
-    for message in results {
+    let mut count = 0;
+    for (slot, message) in results.enumerate() {
+        count += 1;
         // An IP socket always names the sender; a datagram without one cannot be answered.
         if let Some(peer) = message.address.as_ref().and_then(socket_address) {
-            received.push((message.bytes, peer));
+            let start = slot * MAX_DATAGRAM;
+            received.push((start..start + message.bytes, peer));
         }
     }
-    Ok(())
+    Ok(count)
 }
 
 fn socket_address(address: &SockaddrStorage) -> Option<SocketAddr> {
