@@ -323,7 +323,7 @@ impl Spawner {
         let credentials = plan
             .credentials
             .as_ref()
-            .map(|c| (c.groups.as_slice(), c.gid, c.uid));
+            .map(|c| (&*c.groups, c.gid, c.uid));
         let OutputPipe {
             reader: output,
             writer: output_writer,
