@@ -353,7 +353,7 @@ fn runtime_service(
     Service {
         label: Service::label_of(&spec.name, spec.protocol),
         protocol: spec.protocol,
-        listen,
+        listen: listen.into_boxed_slice(),
         socket: SocketOptions {
             backlog: spec.backlog,
             keepalive: spec.keepalive,
@@ -734,7 +734,8 @@ fn exec_plan(
         path: CString::new(path.as_os_str().as_bytes()).unwrap_or_default(),
         argv,
         fixed_env: fixed_env.into_boxed_slice(),
-        overridden,
+        // A set's order: sorted, as `spawn` searches it.
+        overridden: overridden.into_iter().collect(),
         cwd: match cwd {
             b"/" => Cow::Borrowed(c"/"),
             _ => Cow::Owned(CString::new(cwd).unwrap_or_default()),

@@ -3,7 +3,6 @@
 //! of the same settings compare equal wherever the entries were written.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -21,7 +20,8 @@ pub struct Service {
     /// is its head (`name()`): one string, not two, in each of a table's services.
     pub label: Box<str>,
     pub protocol: Protocol,
-    pub listen: Vec<Endpoint>,
+    /// A boxed slice: fixed once loaded (8 bytes less in each table entry than a vector).
+    pub listen: Box<[Endpoint]>,
     pub socket: SocketOptions,
     pub handler: Handler,
     pub wait: bool,
@@ -104,8 +104,9 @@ pub struct ExecPlan {
     /// `NAME=value` entries fixed for the service, `pass_env` and `env` already applied. The
     /// ones every service has alike (`PATH=` the default, `PROTO=`) are shared statics.
     pub fixed_env: Box<[Cow<'static, CStr>]>,
-    /// Names `env`/`pass_env` set, so the per-connection variables do not duplicate them.
-    pub overridden: BTreeSet<String>,
+    /// Names `env`/`pass_env` set, so the per-connection variables do not duplicate them;
+    /// sorted, for a binary search.
+    pub overridden: Box<[String]>,
     /// The default `/` is a shared static, as the common environment entries are.
     pub cwd: Cow<'static, CStr>,
     pub credentials: Option<Credentials>,
