@@ -166,7 +166,7 @@ pub fn resolve(
         let handler = match (program, spec.handler_builtin()) {
             (Some((path, args)), _) => {
                 let mut plan = exec_plan(spec, path, args, identity, host);
-                plan.script_problem = script_problem;
+                plan.script_problem = script_problem.map(String::into_boxed_str);
                 Handler::Exec(Box::new(plan))
             }
             (None, Some(builtin)) => Handler::Builtin(builtin),
@@ -351,10 +351,9 @@ fn runtime_service(
     tls: Option<Box<Tls>>,
 ) -> Service {
     Service {
-        name: spec.name.clone(),
+        label: Service::label_of(&spec.name, spec.protocol),
         protocol: spec.protocol,
-        label: format!("{}/{}", spec.name, spec.protocol.as_str()),
-        listen,
+        listen: listen.into_boxed_slice(),
         socket: SocketOptions {
             backlog: spec.backlog,
             keepalive: spec.keepalive,
@@ -366,14 +365,14 @@ fn runtime_service(
         limits: Limits {
             max_children: limit(spec.max_children),
             per_source: limit(spec.per_source),
-            rate_limit: spec.rate_limit,
-            per_source_rate: spec.per_source_rate,
+            rate_limit: spec.rate_limit.map(Box::new),
+            per_source_rate: spec.per_source_rate.map(Box::new),
             source_prefix: spec.source_prefix,
             timeout: spec.timeout,
         },
         access: Access {
-            only_from: spec.only_from.clone(),
-            no_access: spec.no_access.clone(),
+            only_from: spec.only_from.as_slice().into(),
+            no_access: spec.no_access.as_slice().into(),
         },
         supervise: spec.respawn.then_some(Supervise {
             notify: spec.notify,
@@ -647,7 +646,11 @@ fn identity(
         groups.insert(0, gid);
     }
     Ok(Some(Identity {
-        credentials: Credentials { uid, gid, groups },
+        credentials: Credentials {
+            uid,
+            gid,
+            groups: groups.into_boxed_slice(),
+        },
         user,
     }))
 }
@@ -722,19 +725,23 @@ fn exec_plan(
                 .or_else(|| CString::new(format!("{k}={v}")).ok().map(Cow::Owned)),
         );
     }
-    let mut argv: Vec<CString> = args
+    let argv: Box<[CString]> = args
         .iter()
         .filter_map(|a| CString::new(a.as_str()).ok())
         .collect();
-    argv.shrink_to_fit();
+    let cwd = spec.cwd.as_os_str().as_bytes();
     ExecPlan {
         path: CString::new(path.as_os_str().as_bytes()).unwrap_or_default(),
         argv,
-        fixed_env,
-        overridden,
-        cwd: CString::new(spec.cwd.as_os_str().as_bytes()).unwrap_or_default(),
+        fixed_env: fixed_env.into_boxed_slice(),
+        // A set's order: sorted, as `spawn` searches it.
+        overridden: overridden.into_iter().collect(),
+        cwd: match cwd {
+            b"/" => Cow::Borrowed(c"/"),
+            _ => Cow::Owned(CString::new(cwd).unwrap_or_default()),
+        },
         credentials,
-        rlimits: spec.rlimits.clone(),
+        rlimits: spec.rlimits.as_slice().into(),
         nice: spec.nice,
         umask: spec.umask,
         stderr: spec.stderr,
@@ -855,8 +862,8 @@ mod tests {
         let web = &services[1];
         assert_eq!(web.supervise, None);
         assert_eq!(
-            web.limits.per_source_rate,
-            Some(crate::service::SourceRate {
+            web.limits.per_source_rate.as_deref(),
+            Some(&crate::service::SourceRate {
                 max: 3,
                 per: std::time::Duration::from_secs(10)
             })
@@ -876,7 +883,7 @@ mod tests {
             "services:\n  - {{name: w, port: 1, server: {windows}}}\n  - {{name: m, port: 2, server: {missing}}}\n  - {{name: f, port: 3, server: {fine}}}\n"
         );
         let (services, warnings) = resolved(&yaml).unwrap();
-        let problems: Vec<Option<String>> = services
+        let problems: Vec<Option<Box<str>>> = services
             .iter()
             .map(|service| {
                 service

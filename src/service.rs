@@ -3,7 +3,6 @@
 //! of the same settings compare equal wherever the entries were written.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -17,11 +16,12 @@ use crate::config::{Builtin, Protocol, RateLimit, Resource, StderrMode};
 /// A service ready to be bound and run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
-    pub name: String,
+    /// `name/proto` (`label_of`), the prefix of every log line about this service; the name
+    /// is its head (`name()`): one string, not two, in each of a table's services.
+    pub label: Box<str>,
     pub protocol: Protocol,
-    /// `name/proto`, the prefix of every log line about this service.
-    pub label: String,
-    pub listen: Vec<Endpoint>,
+    /// A boxed slice: fixed once loaded (8 bytes less in each table entry than a vector).
+    pub listen: Box<[Endpoint]>,
     pub socket: SocketOptions,
     pub handler: Handler,
     pub wait: bool,
@@ -95,17 +95,22 @@ pub enum Handler {
 
 /// Everything the child needs to exec a handler that does not depend on the connection.
 #[derive(Debug, Clone, PartialEq)]
+///
+/// Its lists are boxed slices, not vectors: fixed once made, they need no capacity field, and
+/// each of a table's services carries one plan.
 pub struct ExecPlan {
     pub path: CString,
-    pub argv: Vec<CString>,
+    pub argv: Box<[CString]>,
     /// `NAME=value` entries fixed for the service, `pass_env` and `env` already applied. The
     /// ones every service has alike (`PATH=` the default, `PROTO=`) are shared statics.
-    pub fixed_env: Vec<Cow<'static, CStr>>,
-    /// Names `env`/`pass_env` set, so the per-connection variables do not duplicate them.
-    pub overridden: BTreeSet<String>,
-    pub cwd: CString,
+    pub fixed_env: Box<[Cow<'static, CStr>]>,
+    /// Names `env`/`pass_env` set, so the per-connection variables do not duplicate them;
+    /// sorted, for a binary search.
+    pub overridden: Box<[String]>,
+    /// The default `/` is a shared static, as the common environment entries are.
+    pub cwd: Cow<'static, CStr>,
     pub credentials: Option<Credentials>,
-    pub rlimits: Vec<(Resource, Option<u64>)>,
+    pub rlimits: Box<[(Resource, Option<u64>)]>,
     /// `nice:` applied as an absolute value; None keeps rinetd's own niceness.
     pub nice: Option<i32>,
     pub umask: u32,
@@ -113,7 +118,7 @@ pub struct ExecPlan {
     /// Why exec of this script is bound to fail although the file exists (its `#!` interpreter
     /// is missing or ends in a carriage return), for the `spawn failed` line when execve says
     /// ENOENT; checked at each load.
-    pub script_problem: Option<String>,
+    pub script_problem: Option<Box<str>>,
 }
 
 /// The identity a handler switches to before exec.
@@ -121,17 +126,19 @@ pub struct ExecPlan {
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
-    pub groups: Vec<u32>,
+    pub groups: Box<[u32]>,
 }
 
 /// How much a service may take on. `None` is unlimited (the table's `0`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_children: Option<NonZeroU32>,
     pub per_source: Option<NonZeroU32>,
-    pub rate_limit: Option<RateLimit>,
+    /// Boxed, as `per_source_rate`: few services set them, and inline the two took 64 of
+    /// every service's bytes.
+    pub rate_limit: Option<Box<RateLimit>>,
     /// `per_source_rate`: at most `max` per client within any `per` window.
-    pub per_source_rate: Option<SourceRate>,
+    pub per_source_rate: Option<Box<SourceRate>>,
     /// How clients are grouped for `per_source` and `per_source_rate`.
     pub source_prefix: SourcePrefix,
     pub timeout: Option<Duration>,
@@ -184,11 +191,11 @@ pub fn limit(count: u32) -> Option<NonZeroU32> {
     NonZeroU32::new(count)
 }
 
-/// Who may connect.
+/// Who may connect. Boxed slices: fixed once loaded, and most services have neither list.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Access {
-    pub only_from: Vec<IpNet>,
-    pub no_access: Vec<IpNet>,
+    pub only_from: Box<[IpNet]>,
+    pub no_access: Box<[IpNet]>,
 }
 
 /// Why a client is turned away; the name is the `reason=` of the log and the status dump.
@@ -240,6 +247,18 @@ pub enum Kind {
 }
 
 impl Service {
+    /// `name/proto`, the label of `name`'s log lines.
+    pub fn label_of(name: &str, protocol: Protocol) -> Box<str> {
+        format!("{name}/{}", protocol.as_str()).into_boxed_str()
+    }
+
+    /// The label up to its last `/` (a protocol's name has none).
+    pub fn name(&self) -> &str {
+        self.label
+            .rsplit_once('/')
+            .map_or(&self.label, |(name, _)| name)
+    }
+
     pub fn kind(&self) -> Kind {
         if self.supervise.is_some() {
             return Kind::Supervised;
@@ -267,9 +286,8 @@ impl Service {
     /// A TCP echo builtin named `name` listening on `listen`, with the table's defaults.
     pub fn example(name: &str, listen: &[&str]) -> Service {
         Service {
-            name: name.to_string(),
+            label: Service::label_of(name, Protocol::Tcp),
             protocol: Protocol::Tcp,
-            label: format!("{name}/tcp"),
             listen: listen
                 .iter()
                 .map(|address| Endpoint::Ip(address.parse().expect("an address:port")))
@@ -309,8 +327,8 @@ mod tests {
         let open = Access::default();
         assert_eq!(open.refusal(ip("192.0.2.1")), None);
         let access = Access {
-            only_from: vec![net("192.0.2.0/24")],
-            no_access: vec![net("192.0.2.128/25")],
+            only_from: [net("192.0.2.0/24")].into(),
+            no_access: [net("192.0.2.128/25")].into(),
         };
         assert_eq!(access.refusal(ip("192.0.2.1")), None);
         assert_eq!(access.refusal(ip("192.0.2.200")), Some(Refusal::NoAccess));

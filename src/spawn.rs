@@ -256,7 +256,13 @@ impl Spawner {
         env.clear();
         starts.clear();
         for (name, value) in vars {
-            if plan.overridden.contains(*name) || name.contains('\0') || value.contains('\0') {
+            if plan
+                .overridden
+                .binary_search_by(|k| k.as_str().cmp(name))
+                .is_ok()
+                || name.contains('\0')
+                || value.contains('\0')
+            {
                 continue;
             }
             starts.push(env.len());
@@ -323,7 +329,7 @@ impl Spawner {
         let credentials = plan
             .credentials
             .as_ref()
-            .map(|c| (c.groups.as_slice(), c.gid, c.uid));
+            .map(|c| (&*c.groups, c.gid, c.uid));
         let OutputPipe {
             reader: output,
             writer: output_writer,

@@ -20,6 +20,12 @@ chmod 644 "$doc/changelog.Debian.gz"
 
 # The C library versions the binary needs (what dpkg-shlibdeps would find for it).
 glibc=$(objdump -T "$root/usr/sbin/rinetd" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+# Packed relative relocations (build.rs) are read by glibc 2.36 on; the binary names that
+# need as a version of its own, which objdump -T does not list.
+if objdump -p "$root/usr/sbin/rinetd" | grep -q 'GLIBC_ABI_DT_RELR' \
+	&& [ "$(printf '%s\n2.36\n' "$glibc" | sort -V | tail -1)" = 2.36 ]; then
+	glibc=2.36
+fi
 depends="libc6 (>= $glibc)"
 if objdump -p "$root/usr/sbin/rinetd" | grep -q 'NEEDED.*libgcc_s'; then
 	depends="$depends, libgcc-s1 (>= 4.2)"

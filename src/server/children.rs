@@ -93,7 +93,7 @@ struct Output {
     stdout: bool,
     /// What is wrong with the handler's script, if resolve saw something (a missing `#!`
     /// interpreter): exec says only "No such file or directory" of a file that exists.
-    script_problem: Option<String>,
+    script_problem: Option<Box<str>>,
 }
 
 pub struct Children {
@@ -246,7 +246,7 @@ impl Server {
             let _ = self.table.release(slot);
             return None;
         };
-        let label = entry.service.label.clone();
+        let label = entry.service.label.to_string();
         let timeout = entry.service.limits.timeout;
         let spawned = entry
             .service

@@ -41,7 +41,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// `service="…",proto="…"`, escaped as the format wants.
 fn labels(entry: &Entry) -> String {
     let mut name = String::new();
-    for c in entry.service.name.chars() {
+    for c in entry.service.name().chars() {
         match c {
             '\\' => name.push_str("\\\\"),
             '"' => name.push_str("\\\""),

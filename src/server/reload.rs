@@ -94,22 +94,22 @@ pub fn plan(current: &[Current<'_>], new: &[Service]) -> Plan {
         .collect();
     let by_name: HashMap<&str, ServiceId> = live
         .values()
-        .map(|old| (old.service.name.as_str(), old.id))
+        .map(|old| (old.service.name(), old.id))
         .collect();
     // Names first, for the whole table: a service listed later keeps its own state even if an
     // earlier one takes over its socket.
     let mut continued: HashSet<ServiceId> = new
         .iter()
-        .filter_map(|service| by_name.get(service.name.as_str()).copied())
+        .filter_map(|service| by_name.get(service.name()).copied())
         .collect();
     let mut plan = Plan::default();
     for service in new {
         let identities: Vec<Identity> = service
             .listen
             .iter()
-            .map(|endpoint| Identity::of(service.protocol, endpoint, &service.name))
+            .map(|endpoint| Identity::of(service.protocol, endpoint, service.name()))
             .collect();
-        let previous = by_name.get(service.name.as_str()).copied().or_else(|| {
+        let previous = by_name.get(service.name()).copied().or_else(|| {
             identities.iter().find_map(|identity| {
                 let (id, _) = sockets.get(identity)?;
                 (live.contains_key(id) && !continued.contains(id)).then_some(*id)
@@ -197,7 +197,7 @@ impl Server {
                         let identity = Identity::of(
                             entry.service.protocol,
                             &listener.endpoint,
-                            &entry.service.name,
+                            entry.service.name(),
                         );
                         Some((*token, identity))
                     })
@@ -208,7 +208,7 @@ impl Server {
         let mut summary = Summary::default();
         for id in &plan.retire {
             if let Some(entry) = self.table.get(*id) {
-                summary.removed.push(entry.service.name.clone());
+                summary.removed.push(entry.service.name().to_string());
             }
             self.table.retire(*id);
             self.streams.forget(*id);
@@ -223,7 +223,7 @@ impl Server {
             let id = match placement.target {
                 Target::Existing { id, changed } => {
                     if changed {
-                        summary.changed.push(service.name.clone());
+                        summary.changed.push(service.name().to_string());
                     } else {
                         summary.kept += 1;
                     }
@@ -248,7 +248,7 @@ impl Server {
                     id
                 }
                 Target::New => {
-                    summary.added.push(service.name.clone());
+                    summary.added.push(service.name().to_string());
                     self.table.insert(service)
                 }
             };
@@ -272,7 +272,7 @@ impl Server {
                 tokens.push(token);
             }
             if let Some(entry) = self.table.get_mut(id) {
-                entry.listeners = tokens;
+                entry.listeners = tokens.into_boxed_slice();
             }
         }
         for token in kept {
@@ -310,7 +310,7 @@ mod tests {
     fn running(table: &mut Table, services: &[Service], retired: &[&str]) -> Vec<ServiceId> {
         let ids: Vec<ServiceId> = services.iter().map(|s| table.insert(s.clone())).collect();
         for (id, service) in ids.iter().zip(services) {
-            if retired.contains(&service.name.as_str()) {
+            if retired.contains(&service.name()) {
                 table.retire(*id);
             }
         }
@@ -328,7 +328,7 @@ mod tests {
                     .iter()
                     .map(|endpoint| {
                         next_token += 1;
-                        let identity = Identity::of(service.protocol, endpoint, &service.name);
+                        let identity = Identity::of(service.protocol, endpoint, service.name());
                         (Token(next_token), identity)
                     })
                     .collect();
@@ -463,7 +463,7 @@ mod tests {
         // The table gives the new service the retired place (nothing counts on it).
         let id = table.insert(Service::example("gone", &[]));
         assert!(table.get(ids[0]).is_none());
-        assert_eq!(table.get(id).unwrap().service.name, "gone");
+        assert_eq!(table.get(id).unwrap().service.name(), "gone");
     }
 
     #[test]
@@ -475,7 +475,7 @@ mod tests {
         let mut table = Table::default();
         let ids = running(&mut table, &[waiting.clone()], &[]);
         let mut successor = waiting.clone();
-        successor.name = "tftp2".to_string();
+        successor.label = Service::label_of("tftp2", successor.protocol);
         let plan = plan_for(&table, &ids, &[Service::example("other", &[]), successor]);
         assert_eq!(plan.placements[1].sockets, [Socket::Keep(Token(1))]);
         assert!(plan.close.is_empty());

@@ -20,7 +20,7 @@ impl Server {
                 .iter()
                 .all(|token| self.listeners.get(*token).is_some_and(|l| l.is_bound()));
             if !bound {
-                unbound.push(entry.service.name.as_str());
+                unbound.push(entry.service.name());
             }
         }
         let mut line = format!(

@@ -238,7 +238,7 @@ impl Server {
             return;
         };
         let label = entry.label().to_string();
-        let name = entry.service.name.clone();
+        let name = entry.service.name().to_string();
         let notify = entry.service.supervise.is_some_and(|s| s.notify);
         let sockets: Vec<i32> = entry
             .listeners

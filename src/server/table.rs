@@ -210,8 +210,9 @@ struct Clients {
 pub struct Entry {
     pub service: Service,
     pub kind: Kind,
-    /// The service's listening sockets (see `Listeners`).
-    pub listeners: Vec<Token>,
+    /// The service's listening sockets (see `Listeners`): set whole at each load, so a boxed
+    /// slice, without a vector's spare room.
+    pub listeners: Box<[Token]>,
     generation: u32,
     /// Handlers, builtin connections and connections still sending their PROXY header.
     running: u32,
@@ -228,8 +229,9 @@ pub struct Entry {
     full: bool,
     /// A back-off has been logged and nothing has started since: the next one is quiet.
     backoff_logged: bool,
-    /// Handlers that could not be started since the last one that could.
-    failed_spawns: u64,
+    /// Handlers that could not be started since the last one that could (a u32, to share
+    /// a word with the other small fields).
+    failed_spawns: u32,
     /// A `wait: true` handler's restart delay while it keeps failing.
     pub wait_restarts: Restarts,
     pub counters: LazyCounters,
@@ -242,7 +244,7 @@ impl Entry {
         Entry {
             kind: service.kind(),
             service,
-            listeners: Vec::new(),
+            listeners: Box::default(),
             generation,
             running: 0,
             clients: None,
@@ -381,7 +383,7 @@ impl Table {
             && !entry.retired
         {
             entry.retired = true;
-            entry.listeners.clear();
+            entry.listeners = Box::default();
             self.retired.push(id.index as usize);
         }
     }
@@ -422,14 +424,18 @@ impl Table {
     /// slot; a refusal is counted.
     pub fn judge(&mut self, id: ServiceId, client: IpAddr, now: Instant) -> Result<(), Denied> {
         let entry = self.get_mut(id).ok_or(Denied::Gone)?;
-        let limits = entry.service.limits;
+        let limits = &entry.service.limits;
+        let (per_source, per_source_rate) = (
+            limits.per_source,
+            limits.per_source_rate.as_deref().copied(),
+        );
         let group = limits.source_prefix.group(client);
         let refusal = entry
             .service
             .access
             .refusal(client)
             .or_else(|| {
-                let limit = limits.per_source?;
+                let limit = per_source?;
                 let count = entry
                     .clients
                     .as_ref()
@@ -438,7 +444,7 @@ impl Table {
                 (count >= limit.get()).then_some(Refusal::PerSource)
             })
             .or_else(|| {
-                let rate = limits.per_source_rate?;
+                let rate = per_source_rate?;
                 let admitted = entry.clients().source_rates.admit(group, rate, now);
                 (!admitted).then_some(Refusal::PerSourceRate)
             });
@@ -479,7 +485,7 @@ impl Table {
     pub fn count_accept(&mut self, id: ServiceId, now: Instant) -> Option<Instant> {
         let entry = self.get_mut(id)?;
         entry.counters.accepted += 1;
-        let limit = entry.service.limits.rate_limit?;
+        let limit = entry.service.limits.rate_limit.as_deref().copied()?;
         let window = &mut entry.clients().window;
         window.push_back(now);
         while window
@@ -534,7 +540,7 @@ impl Table {
     pub fn spawn_failed(&mut self, id: ServiceId) {
         if let Some(entry) = self.get_mut(id) {
             entry.counters.spawn_failures += 1;
-            entry.failed_spawns += 1;
+            entry.failed_spawns = entry.failed_spawns.saturating_add(1);
         }
     }
 
@@ -545,7 +551,7 @@ impl Table {
         entry.counters.started += 1;
         entry.backoff_logged = false;
         let failed = std::mem::take(&mut entry.failed_spawns);
-        (failed > 0).then_some(failed)
+        (failed > 0).then_some(u64::from(failed))
     }
 }
 
@@ -605,7 +611,7 @@ mod tests {
         let mut table = Table::default();
         let mut limited = service("a");
         limited.limits.per_source = limit(1);
-        limited.access.no_access = vec!["198.51.100.0/24".parse().unwrap()];
+        limited.access.no_access = ["198.51.100.0/24".parse().unwrap()].into();
         let id = table.insert(limited);
         let one = table.admit(id, ip("192.0.2.1"), Instant::now()).unwrap();
         assert_eq!(
@@ -633,11 +639,11 @@ mod tests {
     fn the_rate_window_pauses_at_max_and_resumes_after_the_pause() {
         let mut table = Table::default();
         let mut limited = service("a");
-        limited.limits.rate_limit = Some(RateLimit {
+        limited.limits.rate_limit = Some(Box::new(RateLimit {
             max: 3,
             per: Duration::from_secs(10),
             pause: Duration::from_secs(5),
-        });
+        }));
         let id = table.insert(limited);
         let start = Instant::now();
         assert_eq!(table.count_accept(id, start), None);
@@ -707,7 +713,7 @@ mod tests {
         let reused = table.insert(service("newer"));
         assert_eq!(reused.index, old.index);
         assert!(table.get(old).is_none(), "a stale id found the new service");
-        assert_eq!(table.get(reused).unwrap().service.name, "newer");
+        assert_eq!(table.get(reused).unwrap().service.name(), "newer");
         assert_eq!(
             table.admit(old, None, Instant::now()).unwrap_err(),
             Denied::Gone
@@ -718,10 +724,10 @@ mod tests {
     fn per_source_rate_refuses_a_client_over_its_rate_and_only_that_client() {
         let mut table = Table::default();
         let mut limited = service("a");
-        limited.limits.per_source_rate = Some(SourceRate {
+        limited.limits.per_source_rate = Some(Box::new(SourceRate {
             max: 3,
             per: Duration::from_secs(60),
-        });
+        }));
         let id = table.insert(limited);
         let start = Instant::now();
         let client = "192.0.2.1".parse().unwrap();

@@ -165,7 +165,7 @@ impl Server {
         };
         let vars = [
             ("LISTEN_FDS", "1".to_string()),
-            ("LISTEN_FDNAMES", entry.service.name.clone()),
+            ("LISTEN_FDNAMES", entry.service.name().to_string()),
         ];
         let Some(pipe) = self.take_pipe(id) else {
             return;
