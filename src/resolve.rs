@@ -16,8 +16,8 @@ use crate::config::{
     self, ConfigError, IdSpec, Place, PortSpec, Pos, Protocol, ServiceSpec, Table,
 };
 use crate::service::{
-    Access, Credentials, Endpoint, ExecPlan, Handler, Limits, Service, SocketOptions, Supervise,
-    Tls, limit,
+    Access, Argv, Credentials, Endpoint, ExecPlan, Handler, Limits, Service, SocketOptions,
+    Supervise, Tls, limit,
 };
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -636,20 +636,20 @@ fn identity(
                 .to_string(),
         ));
     }
-    let mut groups = match &user {
+    let other_groups = match &user {
         Some(user) => lookups
             .group_list(&user.name, gid)
-            .unwrap_or_else(|| vec![gid]),
-        None => vec![gid],
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&group| group != gid)
+            .collect(),
+        None => Box::default(),
     };
-    if !groups.contains(&gid) {
-        groups.insert(0, gid);
-    }
     Ok(Some(Identity {
         credentials: Credentials {
             uid,
             gid,
-            groups: groups.into_boxed_slice(),
+            other_groups,
         },
         user,
     }))
@@ -670,6 +670,19 @@ fn shared_entry(name: &str, value: &str) -> Option<&'static CStr> {
 const DEFAULT_PATH_ENTRY: &CStr =
     c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The whole fixed environment of a service without `user`, `env` or `pass_env` (most of a
+/// table's), as one static list per protocol instead of a list of its own.
+fn shared_env(entries: &[Cow<'static, CStr>]) -> Option<&'static [Cow<'static, CStr>]> {
+    const PATH: Cow<'static, CStr> = Cow::Borrowed(DEFAULT_PATH_ENTRY);
+    const LISTS: [&[Cow<'static, CStr>]; 4] = [
+        &[PATH, Cow::Borrowed(c"PROTO=TCP")],
+        &[PATH, Cow::Borrowed(c"PROTO=UDP")],
+        &[PATH, Cow::Borrowed(c"PROTO=UNIX")],
+        &[PATH, Cow::Borrowed(c"PROTO=NONE")],
+    ];
+    LISTS.into_iter().find(|list| *list == entries)
+}
+
 fn exec_plan(
     spec: &ServiceSpec,
     path: &Path,
@@ -686,7 +699,6 @@ fn exec_plan(
     };
     let mut fixed: Vec<(String, String)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
-        ("RINETD_SERVICE".into(), spec.name.clone()),
         ("PROTO".into(), spec.protocol.as_str().to_ascii_uppercase()),
     ];
     if let Some(user) = &user {
@@ -725,15 +737,28 @@ fn exec_plan(
                 .or_else(|| CString::new(format!("{k}={v}")).ok().map(Cow::Owned)),
         );
     }
-    let argv: Box<[CString]> = args
-        .iter()
-        .filter_map(|a| CString::new(a.as_str()).ok())
-        .collect();
+    let argv = match args {
+        [name]
+            if path
+                .file_name()
+                .is_some_and(|file| file.as_bytes() == name.as_bytes()) =>
+        {
+            Argv::FileName
+        }
+        _ => Argv::Given(
+            args.iter()
+                .filter_map(|a| CString::new(a.as_str()).ok())
+                .collect(),
+        ),
+    };
     let cwd = spec.cwd.as_os_str().as_bytes();
     ExecPlan {
         path: CString::new(path.as_os_str().as_bytes()).unwrap_or_default(),
         argv,
-        fixed_env: fixed_env.into_boxed_slice(),
+        fixed_env: match shared_env(&fixed_env) {
+            Some(list) => Cow::Borrowed(list),
+            None => Cow::Owned(fixed_env),
+        },
         // A set's order: sorted, as `spawn` searches it.
         overridden: overridden.into_iter().collect(),
         cwd: match cwd {

@@ -94,16 +94,18 @@ pub enum Handler {
 }
 
 /// Everything the child needs to exec a handler that does not depend on the connection.
-#[derive(Debug, Clone, PartialEq)]
 ///
-/// Its lists are boxed slices, not vectors: fixed once made, they need no capacity field, and
-/// each of a table's services carries one plan.
+/// A table carries one plan per service, so what most services have alike costs them nothing:
+/// lists are boxed slices (fixed once made, no capacity field), the usual argv and environment
+/// are not stored at all, and the default cwd is a static.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExecPlan {
     pub path: CString,
-    pub argv: Box<[CString]>,
-    /// `NAME=value` entries fixed for the service, `pass_env` and `env` already applied. The
-    /// ones every service has alike (`PATH=` the default, `PROTO=`) are shared statics.
-    pub fixed_env: Box<[Cow<'static, CStr>]>,
+    pub argv: Argv,
+    /// `NAME=value` entries fixed for the service, `pass_env` and `env` already applied;
+    /// `RINETD_SERVICE` is added at each start, from the service's name. A service without
+    /// `user`, `env` or `pass_env` has the default `PATH=` and its `PROTO=` alone: a static list.
+    pub fixed_env: Cow<'static, [Cow<'static, CStr>]>,
     /// Names `env`/`pass_env` set, so the per-connection variables do not duplicate them;
     /// sorted, for a binary search.
     pub overridden: Box<[String]>,
@@ -121,12 +123,24 @@ pub struct ExecPlan {
     pub script_problem: Option<Box<str>>,
 }
 
+/// A handler's argument list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Argv {
+    /// The default without `args`: argv[0] alone, the path's file name (its tail, passed
+    /// from `path` itself).
+    FileName,
+    /// `args` as written, argv[0] first.
+    Given(Box<[CString]>),
+}
+
 /// The identity a handler switches to before exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
-    pub groups: Box<[u32]>,
+    /// The supplementary groups besides `gid` (which the child's list always starts with):
+    /// most users have none, and then nothing is stored.
+    pub other_groups: Box<[u32]>,
 }
 
 /// How much a service may take on. `None` is unlimited (the table's `0`).

@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::config::{Protocol, Resource, StderrMode};
 use crate::exec::{ChildPlan, exec_handler};
-use crate::service::ExecPlan;
+use crate::service::{Argv, ExecPlan};
 use crate::signals;
 
 /// What a handler gets on its descriptors.
@@ -72,6 +72,7 @@ struct Scratch {
     envp: Vec<*const libc::c_char>,
     argv: Vec<*const libc::c_char>,
     rlimits: Vec<(libc::c_int, libc::rlimit)>,
+    groups: Vec<libc::gid_t>,
     listen_pid: Vec<u8>,
 }
 
@@ -227,11 +228,13 @@ fn libc_resource(resource: Resource) -> libc::c_int {
 }
 
 impl Spawner {
-    /// Starts a handler. `vars` are the per-connection environment variables (REMOTE_ADDR …);
-    /// `env`/`pass_env` entries of the same name win over them.
+    /// Starts a handler of the service named `service`. `vars` are the per-connection
+    /// environment variables (REMOTE_ADDR …); `env`/`pass_env` entries of the same name win
+    /// over them and over RINETD_SERVICE.
     pub fn spawn(
         &self,
         plan: &ExecPlan,
+        service: &str,
         stdio: Stdio,
         vars: &[(&str, String)],
         pipe: OutputPipe,
@@ -249,13 +252,15 @@ impl Spawner {
             envp,
             argv,
             rlimits,
+            groups,
             listen_pid,
         } = &mut *scratch;
         // The connection's variables as `NAME=value\0` entries in one reused buffer (an entry
         // holding a NUL cannot be passed and is left out, as CString::new would refuse it).
         env.clear();
         starts.clear();
-        for (name, value) in vars {
+        let named = std::iter::once(("RINETD_SERVICE", service));
+        for (name, value) in named.chain(vars.iter().map(|(name, value)| (*name, value.as_str()))) {
             if plan
                 .overridden
                 .binary_search_by(|k| k.as_str().cmp(name))
@@ -307,7 +312,17 @@ impl Spawner {
         envp.extend(handed_over.then_some(listen_pid_ptr));
         envp.push(std::ptr::null());
         argv.clear();
-        argv.extend(plan.argv.iter().map(|s| s.as_ptr()));
+        match &plan.argv {
+            Argv::FileName => {
+                let path = plan.path.to_bytes();
+                let start = path
+                    .iter()
+                    .rposition(|&byte| byte == b'/')
+                    .map_or(0, |at| at + 1);
+                argv.push(plan.path.as_ptr().wrapping_add(start));
+            }
+            Argv::Given(list) => argv.extend(list.iter().map(|s| s.as_ptr())),
+        }
         argv.push(std::ptr::null());
         rlimits.clear();
         rlimits.extend(plan.rlimits.iter().map(|(r, v)| {
@@ -326,10 +341,12 @@ impl Spawner {
             };
             rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, found));
         }
-        let credentials = plan
-            .credentials
-            .as_ref()
-            .map(|c| (&*c.groups, c.gid, c.uid));
+        groups.clear();
+        let credentials = plan.credentials.as_ref().map(|c| {
+            groups.push(c.gid);
+            groups.extend_from_slice(&c.other_groups);
+            (&groups[..], c.gid, c.uid)
+        });
         let OutputPipe {
             reader: output,
             writer: output_writer,

@@ -252,7 +252,11 @@ impl Server {
             .service
             .exec_plan()
             .ok_or_else(|| io::Error::other("not a handler service"))
-            .and_then(|plan| self.children.spawner.spawn(plan, stdio, vars, pipe));
+            .and_then(|plan| {
+                self.children
+                    .spawner
+                    .spawn(plan, entry.service.name(), stdio, vars, pipe)
+            });
         let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(err) => {

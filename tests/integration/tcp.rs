@@ -1,7 +1,7 @@
 //! A shell-script handler answering over TCP: IPv4, IPv6, both on one port; argv; exec failure.
 
 use std::net::{Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::harness::{Daemon, Service, TestDir, connect, exchange, free_port_on_both_families};
 
@@ -71,6 +71,15 @@ fn args_reach_the_handler_verbatim_without_a_shell() {
     );
     let daemon = Daemon::start(&dir, &[service]);
     assert_eq!(daemon.request("args", ""), "4|two  words|$HOME|*|a;b|");
+}
+
+#[test]
+fn without_args_argv0_is_the_handlers_file_name() {
+    // rinetd passes the tail of `server`'s path itself rather than storing a copy; bash reading
+    // its commands from the connection shows what it was given as $0.
+    let dir = TestDir::new("argv0");
+    let daemon = Daemon::start(&dir, &[Service::new("zero", Path::new("/bin/bash"))]);
+    assert_eq!(daemon.request("zero", "echo \"$0\"\n"), "bash\n");
 }
 
 #[test]
