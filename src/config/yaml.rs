@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use granit_parser::{ErrorKind, Event, Parser, ScalarStyle, ScanError, Span, Tag};
 
 use super::Pos;
+use super::simple;
 
 /// One value of the document and where it starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,15 +83,14 @@ pub struct SyntaxError {
 
 /// Reads `text` as one YAML document.
 pub fn read(text: &str) -> Document {
-    let mut builder = Builder {
-        stack: Vec::new(),
-        root: None,
-        anchors: HashMap::new(),
-        // Aliases copy what they name: this bounds the copies to about the text's own size,
-        // so that a few lines of nested aliases (a "billion laughs") cannot take the memory.
-        budget: 2 * text.len() + 10_000,
-        documents: 0,
-    };
+    // Nearly every table has the simple shape `simple` reads, at a small fraction of the
+    // general parser's cost; anything else (and every mistake) is read by the general parser.
+    simple::read(text).unwrap_or_else(|| read_general(text))
+}
+
+/// Reads `text` with the general YAML parser (granit-parser): any YAML, every syntax error.
+pub(super) fn read_general(text: &str) -> Document {
+    let mut builder = Builder::new(text);
     let mut error = None;
     for next in Parser::new_from_str(text) {
         let step = match next {
@@ -102,11 +102,7 @@ pub fn read(text: &str) -> Document {
             break;
         }
     }
-    builder.close_all();
-    Document {
-        root: builder.root,
-        error,
-    }
+    builder.into_document(error)
 }
 
 /// A collection still being read.
@@ -124,7 +120,10 @@ enum Open {
     },
 }
 
-struct Builder {
+/// Makes the tree from the document's events, in the order they come: the general parser's
+/// and `simple`'s readings go through the same steps, so they cannot differ in what they make
+/// of the same events.
+pub(super) struct Builder {
     stack: Vec<Open>,
     root: Option<Node>,
     anchors: HashMap<usize, Node>,
@@ -134,6 +133,28 @@ struct Builder {
 }
 
 impl Builder {
+    pub(super) fn new(text: &str) -> Builder {
+        Builder {
+            stack: Vec::new(),
+            root: None,
+            anchors: HashMap::new(),
+            // Aliases copy what they name: this bounds the copies to about the text's own
+            // size, so that a few lines of nested aliases (a "billion laughs") cannot take the
+            // memory.
+            budget: 2 * text.len() + 10_000,
+            documents: 0,
+        }
+    }
+
+    /// The tree as read, what is still open closed as incomplete; `error` stopped the reading.
+    pub(super) fn into_document(mut self, error: Option<SyntaxError>) -> Document {
+        self.close_all();
+        Document {
+            root: self.root,
+            error,
+        }
+    }
+
     fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
         let pos = pos_of(&span);
         match event {
@@ -148,33 +169,13 @@ impl Builder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
-                self.spend(1 + text.len(), pos)?;
                 let tagged_str = tag.as_deref().is_some_and(is_str_tag);
-                let node = Node {
-                    pos,
-                    value: Value::Scalar(Scalar {
-                        text: text.into_owned(),
-                        quoted: style != ScalarStyle::Plain || tagged_str,
-                    }),
-                };
-                self.finish(node, anchor)?;
+                let quoted = style != ScalarStyle::Plain || tagged_str;
+                self.scalar(&text, quoted, anchor, pos)?;
             }
-            Event::SequenceStart(_, anchor, _) => self.stack.push(Open::List {
-                pos,
-                anchor,
-                items: Vec::new(),
-            }),
-            Event::MappingStart(_, anchor, _) => self.stack.push(Open::Map {
-                pos,
-                anchor,
-                entries: Vec::new(),
-                key: None,
-            }),
-            Event::SequenceEnd | Event::MappingEnd => {
-                if let Some((node, anchor)) = self.close(true) {
-                    self.finish(node, anchor)?;
-                }
-            }
+            Event::SequenceStart(_, anchor, _) => self.open_list(pos, anchor),
+            Event::MappingStart(_, anchor, _) => self.open_map(pos, anchor),
+            Event::SequenceEnd | Event::MappingEnd => self.end()?,
             Event::Alias(anchor) => {
                 let Some(named) = self.anchors.get(&anchor) else {
                     return Err(SyntaxError {
@@ -191,6 +192,50 @@ impl Builder {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A scalar value; `anchor` is 0 when it has none.
+    pub(super) fn scalar(
+        &mut self,
+        text: &str,
+        quoted: bool,
+        anchor: usize,
+        pos: Pos,
+    ) -> Result<(), SyntaxError> {
+        self.spend(1 + text.len(), pos)?;
+        let node = Node {
+            pos,
+            value: Value::Scalar(Scalar {
+                text: text.to_string(),
+                quoted,
+            }),
+        };
+        self.finish(node, anchor)
+    }
+
+    pub(super) fn open_list(&mut self, pos: Pos, anchor: usize) {
+        self.stack.push(Open::List {
+            pos,
+            anchor,
+            items: Vec::new(),
+        });
+    }
+
+    pub(super) fn open_map(&mut self, pos: Pos, anchor: usize) {
+        self.stack.push(Open::Map {
+            pos,
+            anchor,
+            entries: Vec::new(),
+            key: None,
+        });
+    }
+
+    /// The innermost open list or mapping is complete.
+    pub(super) fn end(&mut self) -> Result<(), SyntaxError> {
+        match self.close(true) {
+            Some((node, anchor)) => self.finish(node, anchor),
+            None => Ok(()),
+        }
     }
 
     fn spend(&mut self, amount: usize, pos: Pos) -> Result<(), SyntaxError> {
