@@ -210,26 +210,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-fn key_text(key: &Node) -> Option<&str> {
-    key.scalar().map(|scalar| scalar.text.as_str())
+fn key_text<'n>(key: &'n Node<'_>) -> Option<&'n str> {
+    key.scalar().map(|scalar| &*scalar.text)
 }
 
 /// The keys of one mapping that the checker knows, each with its key and value nodes; `null`
 /// values read as absent (`max_children: ~` is no setting at all).
 struct Fields<'n> {
-    found: Vec<(&'static str, &'n Node, &'n Node)>,
+    found: Vec<(&'static str, &'n Node<'n>, &'n Node<'n>)>,
     /// Known keys that an unknown one was taken for ("did you mean"): that such a key is
     /// missing has been said already.
     suggested: Vec<&'static str>,
 }
 
 impl<'n> Fields<'n> {
-    fn get(&self, key: &str) -> Option<&'n Node> {
+    fn get(&self, key: &str) -> Option<&'n Node<'n>> {
         self.get_even_null(key).filter(|value| !value.is_null())
     }
 
     /// `stderr: null` is a setting (/dev/null), not an absence.
-    fn get_even_null(&self, key: &str) -> Option<&'n Node> {
+    fn get_even_null(&self, key: &str) -> Option<&'n Node<'n>> {
         self.found
             .iter()
             .find(|(name, _, _)| *name == key)
@@ -419,7 +419,7 @@ impl<'a> Checker<'a> {
 
     /// Reads `text`; a syntax error is reported, named after the service it is in, with the
     /// convert hint when the file is really an inetd.conf or an xinetd file.
-    fn document(&mut self, text: &str) -> yaml::Document {
+    fn document<'t>(&mut self, text: &'t str) -> yaml::Document<'t> {
         let document = yaml::read(text);
         if let Some(error) = &document.error {
             let service = document
@@ -436,7 +436,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The top of a file must be a mapping.
-    fn root<'n>(&mut self, root: &'n Node, text: &str) -> Option<&'n Map> {
+    fn root<'n>(&mut self, root: &'n Node<'n>, text: &str) -> Option<&'n Map<'n>> {
         match &root.value {
             Value::Map(map) => Some(map),
             _ if root.is_null() => None,
@@ -461,7 +461,7 @@ impl<'a> Checker<'a> {
     /// `within` names the enclosing key for nested mappings (`rate_limit`).
     fn fields<'n>(
         &mut self,
-        map: &'n Map,
+        map: &'n Map<'n>,
         known: &[&'static str],
         svc: Option<&str>,
         within: &str,
@@ -549,7 +549,7 @@ impl<'a> Checker<'a> {
     /// cuts it short: a key it lacks may simply come later).
     fn top<'d>(
         &mut self,
-        document: &'d yaml::Document,
+        document: &'d yaml::Document<'d>,
         text: &str,
         known: &[&'static str],
     ) -> (Fields<'d>, bool) {
@@ -1168,7 +1168,7 @@ impl<'a> Checker<'a> {
             });
         }
         if let Some(node) = fields.get_even_null("stderr") {
-            common.stderr = match node.scalar().map(|s| s.text.as_str()) {
+            common.stderr = match node.scalar().map(|s| &*s.text) {
                 _ if node.is_null() => Some(StderrMode::Null),
                 Some("null") => Some(StderrMode::Null),
                 Some("log") => Some(StderrMode::Log),
@@ -1278,7 +1278,7 @@ impl<'a> Checker<'a> {
     /// Any scalar, as text (`name: 12` is the name "12").
     fn text(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<String> {
         match &node.value {
-            Value::Scalar(scalar) => Some(scalar.text.clone()),
+            Value::Scalar(scalar) => Some(scalar.text.to_string()),
             _ => {
                 self.error(
                     node.pos,
@@ -1309,7 +1309,7 @@ impl<'a> Checker<'a> {
     }
 
     fn boolean(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<bool> {
-        let text = node.scalar().map(|scalar| scalar.text.as_str());
+        let text = node.scalar().map(|scalar| &*scalar.text);
         match text {
             Some("true" | "True" | "TRUE") => Some(true),
             Some("false" | "False" | "FALSE") => Some(false),
@@ -1334,7 +1334,12 @@ impl<'a> Checker<'a> {
     }
 
     /// A list; text where a list belongs gets the list it probably meant, ready to paste.
-    fn list<'n>(&mut self, node: &'n Node, svc: Option<&str>, key: &str) -> Option<&'n [Node]> {
+    fn list<'n>(
+        &mut self,
+        node: &'n Node<'n>,
+        svc: Option<&str>,
+        key: &str,
+    ) -> Option<&'n [Node<'n>]> {
         match &node.value {
             Value::List(items) => Some(items),
             Value::Scalar(scalar) => {
@@ -1369,7 +1374,7 @@ impl<'a> Checker<'a> {
         let mut ok = true;
         for item in items {
             match item.scalar() {
-                Some(scalar) if !item.is_null() => texts.push((scalar.text.clone(), item.pos)),
+                Some(scalar) if !item.is_null() => texts.push((scalar.text.to_string(), item.pos)),
                 _ => {
                     self.error(
                         item.pos,
@@ -1388,11 +1393,11 @@ impl<'a> Checker<'a> {
 
     fn mapping<'n>(
         &mut self,
-        node: &'n Node,
+        node: &'n Node<'n>,
         svc: Option<&str>,
         key: &str,
         example: &str,
-    ) -> Option<&'n Map> {
+    ) -> Option<&'n Map<'n>> {
         match &node.value {
             Value::Map(map) => Some(map),
             _ => {
@@ -1483,7 +1488,10 @@ impl<'a> Checker<'a> {
                     ok = false;
                 }
                 Some(scalar) => {
-                    if env.insert(name.to_string(), scalar.text.clone()).is_some() {
+                    if env
+                        .insert(name.to_string(), scalar.text.to_string())
+                        .is_some()
+                    {
                         self.error(
                             key.pos,
                             svc,
@@ -1814,7 +1822,7 @@ impl<'a> Checker<'a> {
             let Some((_, resource)) = Resource::ALL.iter().find(|(n, _)| n == name) else {
                 continue;
             };
-            let limit = match value.scalar().map(|s| s.text.as_str()) {
+            let limit = match value.scalar().map(|s| &*s.text) {
                 Some("unlimited") => Some(None),
                 Some(text) => parse_int(text)
                     .and_then(|n| u64::try_from(n).ok())
@@ -1855,7 +1863,7 @@ impl<'a> Checker<'a> {
                 svc,
                 format!(
                     "key \"{key}\": quote the octal value, e.g. {key}: \"{}\" (YAML 1.2 reads an unquoted {text} as a decimal number)",
-                    if text.starts_with('0') { text.clone() } else { format!("0{text}") }
+                    if text.starts_with('0') { text.to_string() } else { format!("0{text}") }
                 ),
             );
             return None;
@@ -2082,7 +2090,7 @@ fn service_at(root: &Node, line: u64) -> Option<String> {
         .and_then(|(_, value)| value.scalar())
         // A name the error cut short reads as empty: better no name than `service ""`.
         .filter(|name| !name.text.is_empty())
-        .map(|name| name.text.clone())
+        .map(|name| name.text.to_string())
 }
 
 /// YAML 1.2's integers: decimal with an optional sign, `0x…` and `0o…`.

@@ -8,6 +8,8 @@
 //! message about a mistake come from the one parser. Within the shape both readings give the
 //! same tree, positions included; the tests compare them on generated tables.
 
+use std::borrow::Cow;
+
 use super::Pos;
 use super::yaml::{Builder, Document};
 
@@ -22,7 +24,7 @@ struct Line<'t> {
 }
 
 /// Reads `text` when it has the simple shape; None when the general parser must read it.
-pub(super) fn read(text: &str) -> Option<Document> {
+pub(super) fn read(text: &str) -> Option<Document<'_>> {
     let mut reader = Reader {
         lines: content_lines(text)?,
         next: 0,
@@ -43,30 +45,36 @@ pub(super) fn read(text: &str) -> Option<Document> {
     Some(reader.builder.into_document(None))
 }
 
-/// The lines that hold content, each checked to stay within the shape's characters.
+/// The lines that hold content, each checked to stay within the shape's characters. One pass
+/// over each line's bytes: the generic string searches cost more than the reading itself.
 fn content_lines(text: &str) -> Option<Vec<Line<'_>>> {
     let mut lines = Vec::with_capacity(text.len() / 16);
     for (index, raw) in text.split('\n').enumerate() {
-        let column = raw.bytes().take_while(|&byte| byte == b' ').count();
-        let rest = &raw[column..];
-        // A `#` starts a comment at the start of the content or after a space; elsewhere it
-        // is part of a value, which the general parser reads.
-        let (content, comment) = match rest.find('#') {
-            None => (rest, ""),
-            Some(0) => ("", rest),
-            Some(hash) if rest.as_bytes()[hash - 1] == b' ' => rest.split_at(hash),
-            Some(_) => return None,
-        };
-        if !comment.chars().all(printable_in_comment) {
+        let bytes = raw.as_bytes();
+        let column = bytes.iter().take_while(|&&byte| byte == b' ').count();
+        // The content ends at a `#` that starts a comment: at the start or after a space; a
+        // `#` elsewhere is part of a value, which the general parser reads.
+        let mut end = bytes.len();
+        for (at, &byte) in bytes.iter().enumerate().skip(column) {
+            if byte == b'#' {
+                if at > column && bytes[at - 1] != b' ' {
+                    return None;
+                }
+                end = at;
+                break;
+            }
+            if !plain_byte(byte) {
+                return None;
+            }
+        }
+        if end < bytes.len() && !raw[end..].chars().all(printable_in_comment) {
             return None;
         }
-        let content = content.trim_end_matches(' ');
+        let content = raw[column..end].trim_end_matches(' ');
         if content.is_empty() {
             continue;
         }
-        if !content.bytes().all(plain_byte)
-            || (column == 0 && (content.starts_with("---") || content.starts_with("...")))
-        {
+        if column == 0 && (content.starts_with("---") || content.starts_with("...")) {
             return None;
         }
         lines.push(Line {
@@ -120,9 +128,17 @@ fn is_entry(text: &str) -> bool {
     text == "-" || text.starts_with("- ")
 }
 
+/// Where `: ` first is in `text` (a byte loop: `str::find` of a two-byte needle costs more).
+fn colon_space(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    (1..bytes.len())
+        .find(|&at| bytes[at] == b' ' && bytes[at - 1] == b':')
+        .map(|at| at - 1)
+}
+
 /// `key: value` or `key:` as (key, where the value starts in the line and the value).
 fn split_key(text: &str) -> Option<(&str, Option<(usize, &str)>)> {
-    match text.find(": ") {
+    match colon_space(text) {
         Some(colon) => {
             let value = text[colon + 2..].trim_start_matches(' ');
             Some((&text[..colon], Some((text.len() - value.len(), value))))
@@ -145,18 +161,21 @@ fn plain_value(text: &str) -> bool {
         }
         None => false,
     };
-    starts_plain && !text.contains(": ") && !text.ends_with(':')
+    starts_plain && colon_space(text).is_none() && !text.ends_with(':')
 }
 
 fn plain_key(text: &str) -> bool {
-    plain_value(text) && !text.contains(':') && !text.ends_with(' ') && text.len() <= 1000
+    plain_value(text)
+        && !text.as_bytes().contains(&b':')
+        && !text.ends_with(' ')
+        && text.len() <= 1000
 }
 
 struct Reader<'t> {
     lines: Vec<Line<'t>>,
     /// The line being read: `list` replaces an entry's line with the item after its `- `.
     next: usize,
-    builder: Builder,
+    builder: Builder<'t>,
     depth: usize,
 }
 
@@ -175,8 +194,8 @@ impl<'t> Reader<'t> {
         }
     }
 
-    fn scalar(&mut self, text: &str, pos: Pos) -> Option<()> {
-        self.builder.scalar(text, false, 0, pos).ok()
+    fn scalar(&mut self, text: &'t str, pos: Pos) -> Option<()> {
+        self.builder.scalar(Cow::Borrowed(text), false, 0, pos).ok()
     }
 
     /// A block mapping whose keys start at `column`, the first on the current line.
