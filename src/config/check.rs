@@ -4,6 +4,7 @@
 //! one service never hides another's: each service, `defaults:` and each included file is
 //! checked whole, and only a YAML syntax error stops the reading of its file, at that point.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -69,6 +70,28 @@ const DEFAULT_KEYS: &[&str] = &[
     "proxy_protocol",
     "respawn_max_delay",
 ];
+/// A service's keys: its own first, so that "did you mean" prefers them.
+const SERVICE_KEYS: [&str; OWN_KEYS.len() + DEFAULT_KEYS.len()] = joined(OWN_KEYS, DEFAULT_KEYS);
+/// The keys `defaults:` knows: the (d) keys, then the own keys it refuses by name.
+const DEFAULTS_KEYS: [&str; OWN_KEYS.len() + DEFAULT_KEYS.len()] = joined(DEFAULT_KEYS, OWN_KEYS);
+
+/// `first` then `second`, at compile time (not a vector per service).
+const fn joined<const N: usize>(
+    first: &[&'static str],
+    second: &[&'static str],
+) -> [&'static str; N] {
+    let mut keys = [""; N];
+    let mut at = 0;
+    while at < N {
+        keys[at] = if at < first.len() {
+            first[at]
+        } else {
+            second[at - first.len()]
+        };
+        at += 1;
+    }
+    keys
+}
 const RATE_LIMIT_KEYS: &[&str] = &["max", "per", "pause"];
 const SOURCE_RATE_KEYS: &[&str] = &["max", "per"];
 const SOURCE_PREFIX_KEYS: &[&str] = &["ipv4", "ipv6"];
@@ -112,7 +135,7 @@ pub fn parse_partial(
         files: vec![file.to_string()],
         services: Vec::new(),
     };
-    let mut checker = Checker::new(file);
+    let mut checker = Checker::new(file, 0);
     let document = checker.document(text);
     let (top, complete) = checker.top(&document, text, TOP_KEYS);
     let defaults = match top.get("defaults") {
@@ -126,7 +149,7 @@ pub fn parse_partial(
     let mut names = checker.names;
     let patterns = match top.get("include") {
         Some(node) => {
-            let mut list_checker = Checker::new(file);
+            let mut list_checker = Checker::new(file, 0);
             let patterns = list_checker.texts(node, None, "include");
             errors.extend(list_checker.errors);
             patterns.unwrap_or_default()
@@ -143,7 +166,7 @@ pub fn parse_partial(
             }),
             Ok(files) => {
                 for (path, included) in files {
-                    let mut checker = Checker::new(&path);
+                    let mut checker = Checker::new(&path, table.files.len());
                     let services = checker.included(&included, &defaults);
                     table.services.extend(services);
                     errors.extend(checker.errors);
@@ -153,24 +176,26 @@ pub fn parse_partial(
             }
         }
     }
-    errors.extend(duplicate_names(&names));
+    errors.extend(duplicate_names(&names, &table.files));
     super::sort_errors(&mut errors, &table.files);
     (table, errors)
 }
 
 /// Names are unique over the whole table, included files too.
-fn duplicate_names(names: &[Named]) -> Vec<ConfigError> {
-    let mut first: HashMap<&str, &Named> = HashMap::new();
+fn duplicate_names(names: &[Named], files: &[String]) -> Vec<ConfigError> {
+    let mut first: HashMap<&str, &Named> = HashMap::with_capacity(names.len());
+    let file = |named: &Named| files.get(named.file).map_or("", String::as_str);
     let mut errors = Vec::new();
     for named in names {
         match first.get(named.name.as_str()) {
             Some(earlier) => errors.push(ConfigError {
-                file: named.file.clone(),
+                file: file(named).to_string(),
                 pos: Some(named.pos),
                 service: Some(named.name.clone()),
                 message: format!(
                     "duplicate service name (first defined at {}:{})",
-                    earlier.file, earlier.pos.line
+                    file(earlier),
+                    earlier.pos.line
                 ),
             }),
             None => {
@@ -210,26 +235,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-fn key_text(key: &Node) -> Option<&str> {
-    key.scalar().map(|scalar| scalar.text.as_str())
+fn key_text<'n>(key: &'n Node<'_>) -> Option<&'n str> {
+    key.scalar().map(|scalar| &*scalar.text)
 }
 
 /// The keys of one mapping that the checker knows, each with its key and value nodes; `null`
 /// values read as absent (`max_children: ~` is no setting at all).
 struct Fields<'n> {
-    found: Vec<(&'static str, &'n Node, &'n Node)>,
+    found: Vec<(&'static str, &'n Node<'n>, &'n Node<'n>)>,
     /// Known keys that an unknown one was taken for ("did you mean"): that such a key is
     /// missing has been said already.
     suggested: Vec<&'static str>,
 }
 
 impl<'n> Fields<'n> {
-    fn get(&self, key: &str) -> Option<&'n Node> {
+    fn get(&self, key: &str) -> Option<&'n Node<'n>> {
         self.get_even_null(key).filter(|value| !value.is_null())
     }
 
     /// `stderr: null` is a setting (/dev/null), not an absence.
-    fn get_even_null(&self, key: &str) -> Option<&'n Node> {
+    fn get_even_null(&self, key: &str) -> Option<&'n Node<'n>> {
         self.found
             .iter()
             .find(|(name, _, _)| *name == key)
@@ -241,6 +266,9 @@ impl<'n> Fields<'n> {
     }
 
     fn without(self, keys: &[&str]) -> Fields<'n> {
+        if keys.is_empty() {
+            return self;
+        }
         Fields {
             found: self
                 .found
@@ -379,23 +407,26 @@ impl Shape {
 
 struct Checker<'a> {
     file: &'a str,
+    /// Where `file` is in the table's `files`.
+    file_index: usize,
     errors: Vec<ConfigError>,
     /// Every service entry's name and place, those with mistakes too: a duplicate name is
     /// reported in the same run as the mistakes of either entry.
     names: Vec<Named>,
 }
 
-/// A service name as written, and where.
+/// A service name as written, and where: `file` is its index in the table's `files`.
 struct Named {
     name: String,
-    file: String,
+    file: usize,
     pos: Pos,
 }
 
 impl<'a> Checker<'a> {
-    fn new(file: &'a str) -> Checker<'a> {
+    fn new(file: &'a str, file_index: usize) -> Checker<'a> {
         Checker {
             file,
+            file_index,
             errors: Vec::new(),
             names: Vec::new(),
         }
@@ -419,7 +450,7 @@ impl<'a> Checker<'a> {
 
     /// Reads `text`; a syntax error is reported, named after the service it is in, with the
     /// convert hint when the file is really an inetd.conf or an xinetd file.
-    fn document(&mut self, text: &str) -> yaml::Document {
+    fn document<'t>(&mut self, text: &'t str) -> yaml::Document<'t> {
         let document = yaml::read(text);
         if let Some(error) = &document.error {
             let service = document
@@ -436,7 +467,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The top of a file must be a mapping.
-    fn root<'n>(&mut self, root: &'n Node, text: &str) -> Option<&'n Map> {
+    fn root<'n>(&mut self, root: &'n Node<'n>, text: &str) -> Option<&'n Map<'n>> {
         match &root.value {
             Value::Map(map) => Some(map),
             _ if root.is_null() => None,
@@ -461,12 +492,13 @@ impl<'a> Checker<'a> {
     /// `within` names the enclosing key for nested mappings (`rate_limit`).
     fn fields<'n>(
         &mut self,
-        map: &'n Map,
+        map: &'n Map<'n>,
         known: &[&'static str],
         svc: Option<&str>,
         within: &str,
     ) -> Fields<'n> {
-        let mut found: Vec<(&'static str, &'n Node, &'n Node)> = Vec::new();
+        let mut found: Vec<(&'static str, &'n Node, &'n Node)> =
+            Vec::with_capacity(map.entries.len());
         let mut suggested = Vec::new();
         let prefix = if within.is_empty() {
             String::new()
@@ -522,9 +554,7 @@ impl<'a> Checker<'a> {
             }
             return Common::default();
         };
-        let mut known: Vec<&'static str> = DEFAULT_KEYS.to_vec();
-        known.extend_from_slice(OWN_KEYS);
-        let fields = self.fields(map, &known, None, "");
+        let fields = self.fields(map, &DEFAULTS_KEYS, None, "");
         for key in OWN_KEYS {
             if let Some(value) = fields.get_even_null(key) {
                 self.error(
@@ -549,7 +579,7 @@ impl<'a> Checker<'a> {
     /// cuts it short: a key it lacks may simply come later).
     fn top<'d>(
         &mut self,
-        document: &'d yaml::Document,
+        document: &'d yaml::Document<'d>,
         text: &str,
         known: &[&'static str],
     ) -> (Fields<'d>, bool) {
@@ -615,11 +645,12 @@ impl<'a> Checker<'a> {
     }
 
     fn service(&mut self, index: usize, entry: &Node, defaults: &Common) -> Option<ServiceSpec> {
-        let label = format!("#{}", index + 1);
+        // What messages call an entry without a name; made only when one is needed.
+        let label = || format!("#{}", index + 1);
         let Value::Map(map) = &entry.value else {
             self.error(
                 entry.pos,
-                Some(&label),
+                Some(&label()),
                 format!(
                     "each service is a mapping of keys (- name: hello, port: …), not {}",
                     entry.described()
@@ -636,38 +667,42 @@ impl<'a> Checker<'a> {
             .iter()
             .find(|(key, value)| key_text(key) == Some("name") && !value.is_null())
             .map(|(_, value)| value);
-        let name = match name_node {
-            Some(node) => match self.text(node, Some(&label), "name") {
-                Some(name) => {
-                    if !valid_name(&name) {
+        let name: Cow<'_, str> = match name_node {
+            Some(node) => match node.scalar() {
+                Some(scalar) => {
+                    let name = &*scalar.text;
+                    if !valid_name(name) {
                         self.error(
                             node.pos,
-                            Some(&name),
+                            Some(name),
                             "key \"name\": must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}",
                         );
                     }
                     self.names.push(Named {
-                        name: name.clone(),
-                        file: self.file.to_string(),
+                        name: name.to_string(),
+                        file: self.file_index,
                         pos: entry_pos,
                     });
-                    name
+                    Cow::Borrowed(name)
                 }
-                None => label.clone(),
+                None => {
+                    let label = label();
+                    // Says what the name should have been.
+                    self.text(node, Some(&label), "name");
+                    Cow::Owned(label)
+                }
             },
-            None => label.clone(),
+            None => Cow::Owned(label()),
         };
-        let svc = Some(name.as_str());
-        let mut known: Vec<&'static str> = OWN_KEYS.to_vec();
-        known.extend_from_slice(DEFAULT_KEYS);
-        let fields = self.fields(map, &known, svc, "");
+        let svc = Some(&*name);
+        let fields = self.fields(map, &SERVICE_KEYS, svc, "");
         if name_node.is_none() && complete && !fields.misspelt("name") {
             self.error(entry_pos, svc, "missing key \"name\"");
         }
 
         let protocol = match fields.get("protocol") {
             None => Protocol::Tcp,
-            Some(node) => match self.text(node, svc, "protocol").as_deref() {
+            Some(node) => match self.text(node, svc, "protocol") {
                 Some("tcp") | None => Protocol::Tcp,
                 Some("udp") => Protocol::Udp,
                 Some("unix") => Protocol::Unix,
@@ -774,7 +809,7 @@ impl<'a> Checker<'a> {
                     Some(node) => (addresses, self.port(node, svc), node.pos, false, None),
                     None => (
                         addresses,
-                        PortSpec::Name(name.clone()),
+                        PortSpec::Name(name.to_string()),
                         entry_pos,
                         true,
                         None,
@@ -833,7 +868,7 @@ impl<'a> Checker<'a> {
         };
         Some(ServiceSpec {
             file: self.file.to_string(),
-            name: name.clone(),
+            name: name.into_owned(),
             pos: entry_pos,
             protocol,
             addresses,
@@ -1168,7 +1203,7 @@ impl<'a> Checker<'a> {
             });
         }
         if let Some(node) = fields.get_even_null("stderr") {
-            common.stderr = match node.scalar().map(|s| s.text.as_str()) {
+            common.stderr = match node.scalar().map(|s| &*s.text) {
                 _ if node.is_null() => Some(StderrMode::Null),
                 Some("null") => Some(StderrMode::Null),
                 Some("log") => Some(StderrMode::Log),
@@ -1275,10 +1310,11 @@ impl<'a> Checker<'a> {
         self.boolean(node, svc, key)
     }
 
-    /// Any scalar, as text (`name: 12` is the name "12").
-    fn text(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<String> {
+    /// Any scalar, as text (`name: 12` is the name "12"), borrowed: most values are read
+    /// and checked, not kept.
+    fn text<'n>(&mut self, node: &'n Node<'_>, svc: Option<&str>, key: &str) -> Option<&'n str> {
         match &node.value {
-            Value::Scalar(scalar) => Some(scalar.text.clone()),
+            Value::Scalar(scalar) => Some(&scalar.text),
             _ => {
                 self.error(
                     node.pos,
@@ -1309,7 +1345,7 @@ impl<'a> Checker<'a> {
     }
 
     fn boolean(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<bool> {
-        let text = node.scalar().map(|scalar| scalar.text.as_str());
+        let text = node.scalar().map(|scalar| &*scalar.text);
         match text {
             Some("true" | "True" | "TRUE") => Some(true),
             Some("false" | "False" | "FALSE") => Some(false),
@@ -1334,7 +1370,12 @@ impl<'a> Checker<'a> {
     }
 
     /// A list; text where a list belongs gets the list it probably meant, ready to paste.
-    fn list<'n>(&mut self, node: &'n Node, svc: Option<&str>, key: &str) -> Option<&'n [Node]> {
+    fn list<'n>(
+        &mut self,
+        node: &'n Node<'n>,
+        svc: Option<&str>,
+        key: &str,
+    ) -> Option<&'n [Node<'n>]> {
         match &node.value {
             Value::List(items) => Some(items),
             Value::Scalar(scalar) => {
@@ -1369,7 +1410,7 @@ impl<'a> Checker<'a> {
         let mut ok = true;
         for item in items {
             match item.scalar() {
-                Some(scalar) if !item.is_null() => texts.push((scalar.text.clone(), item.pos)),
+                Some(scalar) if !item.is_null() => texts.push((scalar.text.to_string(), item.pos)),
                 _ => {
                     self.error(
                         item.pos,
@@ -1388,11 +1429,11 @@ impl<'a> Checker<'a> {
 
     fn mapping<'n>(
         &mut self,
-        node: &'n Node,
+        node: &'n Node<'n>,
         svc: Option<&str>,
         key: &str,
         example: &str,
-    ) -> Option<&'n Map> {
+    ) -> Option<&'n Map<'n>> {
         match &node.value {
             Value::Map(map) => Some(map),
             _ => {
@@ -1483,7 +1524,10 @@ impl<'a> Checker<'a> {
                     ok = false;
                 }
                 Some(scalar) => {
-                    if env.insert(name.to_string(), scalar.text.clone()).is_some() {
+                    if env
+                        .insert(name.to_string(), scalar.text.to_string())
+                        .is_some()
+                    {
                         self.error(
                             key.pos,
                             svc,
@@ -1513,9 +1557,9 @@ impl<'a> Checker<'a> {
         let Some(node) = node else {
             return vec![IpAddr::from([0, 0, 0, 0])];
         };
-        let items: Vec<&Node> = match &node.value {
-            Value::List(items) => items.iter().collect(),
-            _ => vec![node],
+        let items: &[Node] = match &node.value {
+            Value::List(items) => items,
+            _ => std::slice::from_ref(node),
         };
         if items.is_empty() {
             self.error(node.pos, svc, "key \"address\": the list is empty");
@@ -1541,9 +1585,11 @@ impl<'a> Checker<'a> {
             );
             return Vec::new();
         }
-        let mut addresses = Vec::new();
-        // A set beside the list: checking the list for repeats would be quadratic.
+        let mut addresses = Vec::with_capacity(items.len());
+        // A set beside the list: checking the list for repeats would be quadratic. One address
+        // (nearly every service) cannot repeat: no set to make.
         let mut seen = HashSet::new();
+        let single = items.len() == 1;
         for item in items {
             let Some(scalar) = item.scalar().filter(|_| !item.is_null()) else {
                 self.error(
@@ -1559,7 +1605,7 @@ impl<'a> Checker<'a> {
             let text = &scalar.text;
             let literal = text.trim_start_matches('[').trim_end_matches(']');
             match literal.parse::<IpAddr>() {
-                Ok(ip) if !seen.insert(ip) => self.error(
+                Ok(ip) if !single && !seen.insert(ip) => self.error(
                     item.pos,
                     svc,
                     format!("key \"address\": \"{text}\" is listed twice"),
@@ -1579,7 +1625,7 @@ impl<'a> Checker<'a> {
         let Some(text) = self.text(node, svc, "port") else {
             return PortSpec::Number(0);
         };
-        match parse_int(&text) {
+        match parse_int(text) {
             Some(n) => match u16::try_from(n) {
                 Ok(n) => PortSpec::Number(n),
                 Err(_) => {
@@ -1602,13 +1648,13 @@ impl<'a> Checker<'a> {
                 );
                 PortSpec::Number(0)
             }
-            None => PortSpec::Name(text),
+            None => PortSpec::Name(text.to_string()),
         }
     }
 
     fn id_spec(&mut self, node: &Node, svc: Option<&str>, key: &str) -> Option<IdSpec> {
         let text = self.text(node, svc, key)?;
-        match parse_int(&text) {
+        match parse_int(text) {
             Some(n) => match u32::try_from(n) {
                 Ok(id) => Some(IdSpec::Id(id)),
                 Err(_) => {
@@ -1628,7 +1674,7 @@ impl<'a> Checker<'a> {
                 );
                 None
             }
-            None => Some(IdSpec::Name(text)),
+            None => Some(IdSpec::Name(text.to_string())),
         }
     }
 
@@ -1814,7 +1860,7 @@ impl<'a> Checker<'a> {
             let Some((_, resource)) = Resource::ALL.iter().find(|(n, _)| n == name) else {
                 continue;
             };
-            let limit = match value.scalar().map(|s| s.text.as_str()) {
+            let limit = match value.scalar().map(|s| &*s.text) {
                 Some("unlimited") => Some(None),
                 Some(text) => parse_int(text)
                     .and_then(|n| u64::try_from(n).ok())
@@ -1855,7 +1901,7 @@ impl<'a> Checker<'a> {
                 svc,
                 format!(
                     "key \"{key}\": quote the octal value, e.g. {key}: \"{}\" (YAML 1.2 reads an unquoted {text} as a decimal number)",
-                    if text.starts_with('0') { text.clone() } else { format!("0{text}") }
+                    if text.starts_with('0') { text.to_string() } else { format!("0{text}") }
                 ),
             );
             return None;
@@ -1947,7 +1993,7 @@ impl<'a> Checker<'a> {
         let min_version = match fields.get("min_version") {
             None => MinVersion::V12,
             Some(version) => {
-                match self.text(version, svc, "tls.min_version").as_deref() {
+                match self.text(version, svc, "tls.min_version") {
                     Some("1.2") | None => MinVersion::V12,
                     Some("1.3") => MinVersion::V13,
                     Some(other) => {
@@ -2082,7 +2128,7 @@ fn service_at(root: &Node, line: u64) -> Option<String> {
         .and_then(|(_, value)| value.scalar())
         // A name the error cut short reads as empty: better no name than `service ""`.
         .filter(|name| !name.text.is_empty())
-        .map(|name| name.text.clone())
+        .map(|name| name.text.to_string())
 }
 
 /// YAML 1.2's integers: decimal with an optional sign, `0x…` and `0o…`.

@@ -4,6 +4,7 @@
 
 mod check;
 pub mod dump;
+mod simple;
 mod yaml;
 
 use std::collections::BTreeMap;

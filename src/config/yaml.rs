@@ -3,45 +3,49 @@
 //! (duplicates too, for the checker to report); a syntax error ends the reading at that point
 //! and the tree holds what came before it, so the checker can still report the mistakes above.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use granit_parser::{ErrorKind, Event, Parser, ScalarStyle, ScanError, Span, Tag};
 
 use super::Pos;
+use super::simple;
 
-/// One value of the document and where it starts.
+/// One value of the document and where it starts. A tree borrows from the text it was read
+/// from: a table of 1,000 services has 10,000 scalars, and a copy of each cost more than
+/// reading it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Node {
+pub struct Node<'t> {
     pub pos: Pos,
-    pub value: Value,
+    pub value: Value<'t>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Scalar(Scalar),
-    List(Vec<Node>),
-    Map(Map),
+pub enum Value<'t> {
+    Scalar(Scalar<'t>),
+    List(Vec<Node<'t>>),
+    Map(Map<'t>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Scalar {
-    /// The text after YAML's escapes and line folding.
-    pub text: String,
+pub struct Scalar<'t> {
+    /// The text after YAML's escapes and line folding (borrowed when it is written as is).
+    pub text: Cow<'t, str>,
     /// Written quoted (or as a block scalar, or tagged `!!str`): text for certain, where a
     /// plain `022` or `true` would have been read as a number or a boolean.
     pub quoted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Map {
+pub struct Map<'t> {
     /// In the order written; merge keys (`<<: *base`) already applied.
-    pub entries: Vec<(Node, Node)>,
+    pub entries: Vec<(Node<'t>, Node<'t>)>,
     /// False when a syntax error cut the mapping short: keys it lacks may simply come later.
     pub complete: bool,
 }
 
-impl Node {
-    pub fn scalar(&self) -> Option<&Scalar> {
+impl<'t> Node<'t> {
+    pub fn scalar(&self) -> Option<&Scalar<'t>> {
         match &self.value {
             Value::Scalar(scalar) => Some(scalar),
             _ => None,
@@ -50,9 +54,8 @@ impl Node {
 
     /// YAML's null: an empty value, `~` or `null`, unquoted.
     pub fn is_null(&self) -> bool {
-        self.scalar().is_some_and(|s| {
-            !s.quoted && matches!(s.text.as_str(), "" | "~" | "null" | "Null" | "NULL")
-        })
+        self.scalar()
+            .is_some_and(|s| !s.quoted && matches!(&*s.text, "" | "~" | "null" | "Null" | "NULL"))
     }
 
     /// How the value reads in a message: `"text"`, `a list`, `a mapping`, `nothing`.
@@ -69,8 +72,8 @@ impl Node {
 /// What reading a file gave: its root value (None for an empty file) and the syntax error
 /// that stopped the reading, if one did.
 #[derive(Debug, Default)]
-pub struct Document {
-    pub root: Option<Node>,
+pub struct Document<'t> {
+    pub root: Option<Node<'t>>,
     pub error: Option<SyntaxError>,
 }
 
@@ -81,16 +84,15 @@ pub struct SyntaxError {
 }
 
 /// Reads `text` as one YAML document.
-pub fn read(text: &str) -> Document {
-    let mut builder = Builder {
-        stack: Vec::new(),
-        root: None,
-        anchors: HashMap::new(),
-        // Aliases copy what they name: this bounds the copies to about the text's own size,
-        // so that a few lines of nested aliases (a "billion laughs") cannot take the memory.
-        budget: 2 * text.len() + 10_000,
-        documents: 0,
-    };
+pub fn read(text: &str) -> Document<'_> {
+    // Nearly every table has the simple shape `simple` reads, at a small fraction of the
+    // general parser's cost; anything else (and every mistake) is read by the general parser.
+    simple::read(text).unwrap_or_else(|| read_general(text))
+}
+
+/// Reads `text` with the general YAML parser (granit-parser): any YAML, every syntax error.
+pub(super) fn read_general(text: &str) -> Document<'_> {
+    let mut builder = Builder::new(text);
     let mut error = None;
     for next in Parser::new_from_str(text) {
         let step = match next {
@@ -102,39 +104,60 @@ pub fn read(text: &str) -> Document {
             break;
         }
     }
-    builder.close_all();
-    Document {
-        root: builder.root,
-        error,
-    }
+    builder.into_document(error)
 }
 
 /// A collection still being read.
-enum Open {
+enum Open<'t> {
     List {
         pos: Pos,
         anchor: usize,
-        items: Vec<Node>,
+        items: Vec<Node<'t>>,
     },
     Map {
         pos: Pos,
         anchor: usize,
-        entries: Vec<(Node, Node)>,
-        key: Option<Node>,
+        entries: Vec<(Node<'t>, Node<'t>)>,
+        key: Option<Node<'t>>,
     },
 }
 
-struct Builder {
-    stack: Vec<Open>,
-    root: Option<Node>,
-    anchors: HashMap<usize, Node>,
+/// Makes the tree from the document's events, in the order they come: the general parser's
+/// and `simple`'s readings go through the same steps, so they cannot differ in what they make
+/// of the same events.
+pub(super) struct Builder<'t> {
+    stack: Vec<Open<'t>>,
+    root: Option<Node<'t>>,
+    anchors: HashMap<usize, Node<'t>>,
     /// What may still be built or copied, in nodes plus scalar bytes.
     budget: usize,
     documents: usize,
 }
 
-impl Builder {
-    fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
+impl<'t> Builder<'t> {
+    pub(super) fn new(text: &str) -> Builder<'t> {
+        Builder {
+            stack: Vec::new(),
+            root: None,
+            anchors: HashMap::new(),
+            // Aliases copy what they name: this bounds the copies to about the text's own
+            // size, so that a few lines of nested aliases (a "billion laughs") cannot take the
+            // memory.
+            budget: 2 * text.len() + 10_000,
+            documents: 0,
+        }
+    }
+
+    /// The tree as read, what is still open closed as incomplete; `error` stopped the reading.
+    pub(super) fn into_document(mut self, error: Option<SyntaxError>) -> Document<'t> {
+        self.close_all();
+        Document {
+            root: self.root,
+            error,
+        }
+    }
+
+    fn event(&mut self, event: Event<'t>, span: Span) -> Result<(), SyntaxError> {
         let pos = pos_of(&span);
         match event {
             Event::DocumentStart(..) => {
@@ -148,33 +171,13 @@ impl Builder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
-                self.spend(1 + text.len(), pos)?;
                 let tagged_str = tag.as_deref().is_some_and(is_str_tag);
-                let node = Node {
-                    pos,
-                    value: Value::Scalar(Scalar {
-                        text: text.into_owned(),
-                        quoted: style != ScalarStyle::Plain || tagged_str,
-                    }),
-                };
-                self.finish(node, anchor)?;
+                let quoted = style != ScalarStyle::Plain || tagged_str;
+                self.scalar(text, quoted, anchor, pos)?;
             }
-            Event::SequenceStart(_, anchor, _) => self.stack.push(Open::List {
-                pos,
-                anchor,
-                items: Vec::new(),
-            }),
-            Event::MappingStart(_, anchor, _) => self.stack.push(Open::Map {
-                pos,
-                anchor,
-                entries: Vec::new(),
-                key: None,
-            }),
-            Event::SequenceEnd | Event::MappingEnd => {
-                if let Some((node, anchor)) = self.close(true) {
-                    self.finish(node, anchor)?;
-                }
-            }
+            Event::SequenceStart(_, anchor, _) => self.open_list(pos, anchor),
+            Event::MappingStart(_, anchor, _) => self.open_map(pos, anchor),
+            Event::SequenceEnd | Event::MappingEnd => self.end()?,
             Event::Alias(anchor) => {
                 let Some(named) = self.anchors.get(&anchor) else {
                     return Err(SyntaxError {
@@ -193,6 +196,47 @@ impl Builder {
         Ok(())
     }
 
+    /// A scalar value; `anchor` is 0 when it has none.
+    pub(super) fn scalar(
+        &mut self,
+        text: Cow<'t, str>,
+        quoted: bool,
+        anchor: usize,
+        pos: Pos,
+    ) -> Result<(), SyntaxError> {
+        self.spend(1 + text.len(), pos)?;
+        let node = Node {
+            pos,
+            value: Value::Scalar(Scalar { text, quoted }),
+        };
+        self.finish(node, anchor)
+    }
+
+    pub(super) fn open_list(&mut self, pos: Pos, anchor: usize) {
+        self.stack.push(Open::List {
+            pos,
+            anchor,
+            items: Vec::new(),
+        });
+    }
+
+    pub(super) fn open_map(&mut self, pos: Pos, anchor: usize) {
+        self.stack.push(Open::Map {
+            pos,
+            anchor,
+            entries: Vec::new(),
+            key: None,
+        });
+    }
+
+    /// The innermost open list or mapping is complete.
+    pub(super) fn end(&mut self) -> Result<(), SyntaxError> {
+        match self.close(true) {
+            Some((node, anchor)) => self.finish(node, anchor),
+            None => Ok(()),
+        }
+    }
+
     fn spend(&mut self, amount: usize, pos: Pos) -> Result<(), SyntaxError> {
         match self.budget.checked_sub(amount) {
             Some(left) => {
@@ -209,7 +253,7 @@ impl Builder {
     }
 
     /// A value is complete: remember it under its anchor, then put it in its parent.
-    fn finish(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
+    fn finish(&mut self, node: Node<'t>, anchor: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
             self.spend(cost(&node), node.pos)?;
             self.anchors.insert(anchor, node.clone());
@@ -218,7 +262,7 @@ impl Builder {
         Ok(())
     }
 
-    fn attach(&mut self, node: Node) {
+    fn attach(&mut self, node: Node<'t>) {
         match self.stack.last_mut() {
             None => {
                 if self.root.is_none() {
@@ -234,7 +278,7 @@ impl Builder {
     }
 
     /// Closes the innermost collection; `complete` is false when an error cut it short.
-    fn close(&mut self, complete: bool) -> Option<(Node, usize)> {
+    fn close(&mut self, complete: bool) -> Option<(Node<'t>, usize)> {
         match self.stack.pop()? {
             Open::List { pos, anchor, items } => Some((
                 Node {
@@ -255,7 +299,7 @@ impl Builder {
                     let empty = Node {
                         pos: key.pos,
                         value: Value::Scalar(Scalar {
-                            text: String::new(),
+                            text: Cow::Borrowed(""),
                             quoted: false,
                         }),
                     };
@@ -284,7 +328,7 @@ impl Builder {
 }
 
 /// The size of a value for the alias budget: its nodes and its scalars' bytes.
-fn cost(node: &Node) -> usize {
+fn cost(node: &Node<'_>) -> usize {
     match &node.value {
         Value::Scalar(scalar) => 1 + scalar.text.len(),
         Value::List(items) => 1 + items.iter().map(cost).sum::<usize>(),
@@ -305,8 +349,8 @@ fn is_str_tag(tag: &Tag) -> bool {
 /// YAML's merge key: `<<: *base` (or a list of them) adds the keys of `base` that the mapping
 /// does not set itself; of several bases, the first one that has a key gives it. A `<<` whose
 /// value is not mappings is left in place for the checker to call an unknown key.
-fn merged(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
-    let is_merge = |(key, value): &(Node, Node)| {
+fn merged<'t>(entries: Vec<(Node<'t>, Node<'t>)>) -> Vec<(Node<'t>, Node<'t>)> {
+    let is_merge = |(key, value): &(Node<'t>, Node<'t>)| {
         let mappings = match &value.value {
             Value::Map(_) => true,
             Value::List(items) => items.iter().all(|i| matches!(i.value, Value::Map(_))),
@@ -320,7 +364,7 @@ fn merged(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
     let (merges, mut own): (Vec<_>, Vec<_>) = entries.into_iter().partition(is_merge);
     let mut taken: HashSet<String> = own
         .iter()
-        .filter_map(|(key, _)| key.scalar().map(|k| k.text.clone()))
+        .filter_map(|(key, _)| key.scalar().map(|k| k.text.to_string()))
         .collect();
     for (_, value) in merges {
         let bases = match value.value {
@@ -336,7 +380,7 @@ fn merged(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
         };
         for base in bases {
             for (key, value) in base.entries {
-                let name = key.scalar().map(|k| k.text.clone());
+                let name = key.scalar().map(|k| k.text.to_string());
                 if name.is_none_or(|name| taken.insert(name)) {
                     own.push((key, value));
                 }
@@ -455,13 +499,13 @@ mod tests {
         Pos { line, column }
     }
 
-    fn root(text: &str) -> Node {
+    fn root(text: &str) -> Node<'_> {
         let document = read(text);
         assert_eq!(document.error, None);
         document.root.expect("a root")
     }
 
-    fn entries(node: &Node) -> &[(Node, Node)] {
+    fn entries<'n, 't>(node: &'n Node<'t>) -> &'n [(Node<'t>, Node<'t>)] {
         match &node.value {
             Value::Map(map) => &map.entries,
             other => panic!("not a mapping: {other:?}"),
@@ -525,8 +569,8 @@ mod tests {
             .iter()
             .map(|(k, v)| {
                 (
-                    k.scalar().unwrap().text.as_str(),
-                    v.scalar().unwrap().text.as_str(),
+                    k.scalar().unwrap().text.as_ref(),
+                    v.scalar().unwrap().text.as_ref(),
                 )
             })
             .collect();

@@ -81,28 +81,34 @@ pub struct Plan {
 /// Matches the new table against the running one. The same service is the one of the same
 /// name, else the one whose socket it takes over; each is continued by at most one.
 pub fn plan(current: &[Current<'_>], new: &[Service]) -> Plan {
-    let mut sockets: HashMap<&Identity, (ServiceId, Token)> = HashMap::new();
+    // Every map sized at once: growing them by doubling cost more than filling them.
+    let listeners = current.iter().map(|old| old.listeners.len()).sum();
+    let mut sockets: HashMap<&Identity, (ServiceId, Token)> = HashMap::with_capacity(listeners);
     for old in current {
         for (token, identity) in &old.listeners {
             sockets.insert(identity, (old.id, *token));
         }
     }
-    let live: HashMap<ServiceId, &Current<'_>> = current
-        .iter()
-        .filter(|old| !old.retired)
-        .map(|old| (old.id, old))
-        .collect();
-    let by_name: HashMap<&str, ServiceId> = live
-        .values()
-        .map(|old| (old.service.name(), old.id))
-        .collect();
+    let mut live: HashMap<ServiceId, &Current<'_>> = HashMap::with_capacity(current.len());
+    live.extend(
+        current
+            .iter()
+            .filter(|old| !old.retired)
+            .map(|old| (old.id, old)),
+    );
+    let mut by_name: HashMap<&str, ServiceId> = HashMap::with_capacity(live.len());
+    by_name.extend(live.values().map(|old| (old.service.name(), old.id)));
     // Names first, for the whole table: a service listed later keeps its own state even if an
     // earlier one takes over its socket.
-    let mut continued: HashSet<ServiceId> = new
-        .iter()
-        .filter_map(|service| by_name.get(service.name()).copied())
-        .collect();
-    let mut plan = Plan::default();
+    let mut continued: HashSet<ServiceId> = HashSet::with_capacity(new.len());
+    continued.extend(
+        new.iter()
+            .filter_map(|service| by_name.get(service.name()).copied()),
+    );
+    let mut plan = Plan {
+        placements: Vec::with_capacity(new.len()),
+        ..Plan::default()
+    };
     for service in new {
         let identities: Vec<Identity> = service
             .listen
@@ -219,7 +225,13 @@ impl Server {
         }
         let mut to_bind = Vec::new();
         let mut kept = Vec::new();
+        // Services whose settings or sockets changed: only they can have clients waiting that
+        // no event will announce, or kept sockets with settings to refresh. A reload of one
+        // changed service out of 1,000 made 2,000 syscalls (a listen(2) and an accept4(2) per
+        // service) when it woke and refreshed every one.
+        let mut touched = Vec::new();
         for (service, placement) in services.into_iter().zip(plan.placements) {
+            let unchanged = matches!(placement.target, Target::Existing { changed: false, .. });
             let id = match placement.target {
                 Target::Existing { id, changed } => {
                     if changed {
@@ -253,10 +265,11 @@ impl Server {
                 }
             };
             let mut tokens = Vec::new();
+            let mut kept_here = Vec::new();
             for socket in placement.sockets {
                 let token = match socket {
                     Socket::Keep(token) => {
-                        kept.push(token);
+                        kept_here.push(token);
                         token
                     }
                     Socket::Bind(endpoint) => {
@@ -272,8 +285,13 @@ impl Server {
                 tokens.push(token);
             }
             if let Some(entry) = self.table.get_mut(id) {
+                if unchanged && *entry.listeners == *tokens {
+                    continue;
+                }
                 entry.listeners = tokens.into_boxed_slice();
             }
+            kept.extend(kept_here);
+            touched.push(id);
         }
         for token in kept {
             let owner = self.listeners.get(token).map(|l| l.service);
@@ -286,7 +304,7 @@ impl Server {
         for token in to_bind {
             self.bind(token);
         }
-        for id in self.table.ids() {
+        for id in touched {
             self.wake(id);
         }
         events::reloaded(
