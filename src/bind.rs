@@ -8,8 +8,11 @@ use std::path::Path;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+// Every socket is made non-blocking by socket(2) itself (SOCK_NONBLOCK), and close-on-exec
+// (socket2 always adds SOCK_CLOEXEC): no fcntl calls after, two syscalls less per listener.
+
 fn ip_socket(address: SocketAddr, kind: Type) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(address), kind, None)?;
+    let socket = Socket::new(Domain::for_address(address), kind.nonblocking(), None)?;
     socket.set_reuse_address(true)?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -20,7 +23,6 @@ fn ip_socket(address: SocketAddr, kind: Type) -> io::Result<Socket> {
 
 fn listen(socket: Socket, backlog: u32) -> io::Result<Socket> {
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
-    socket.set_nonblocking(true)?;
     Ok(socket)
 }
 
@@ -31,9 +33,7 @@ pub fn bind_tcp(address: SocketAddr, backlog: u32) -> io::Result<Socket> {
 
 /// A UDP socket, non-blocking.
 pub fn bind_udp(address: SocketAddr) -> io::Result<Socket> {
-    let socket = ip_socket(address, Type::DGRAM)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
+    ip_socket(address, Type::DGRAM)
 }
 
 /// A UNIX stream listener at `path` with permissions `mode`. A socket file nobody listens on
@@ -48,8 +48,7 @@ pub fn bind_unix(path: &Path, mode: u32, backlog: u32) -> io::Result<Socket> {
         }
         // Non-blocking: a listener with a full backlog would otherwise hold the whole loop.
         // Only "refused" proves nobody listens any more.
-        let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-        probe.set_nonblocking(true)?;
+        let probe = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
         match probe.connect(&SockAddr::unix(path)?) {
             Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
                 std::fs::remove_file(path)?;
@@ -63,7 +62,7 @@ pub fn bind_unix(path: &Path, mode: u32, backlog: u32) -> io::Result<Socket> {
             }
         }
     }
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
     socket.bind(&SockAddr::unix(path)?)?;
     // Before listen(2), so no client ever connects through wider permissions.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;

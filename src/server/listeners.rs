@@ -212,6 +212,9 @@ impl Listeners {
             }
         }?;
         let bound = match listener.endpoint {
+            // Bound here to a port of its own: that is its address (getsockname would say the
+            // same, one syscall per listener later).
+            Endpoint::Ip(address) if !is_inherited && address.port() != 0 => Some(address),
             Endpoint::Ip(_) => Some(local_address(&socket)?),
             Endpoint::Unix(_) => None,
         };
@@ -356,8 +359,9 @@ impl Server {
                 {
                     events::listening(entry.label(), &listener.shown(), listener.is_inherited());
                 }
-                // Clients may have queued while the port was being retried.
-                self.runnable.push_back(token);
+                // Clients already queued (on an inherited socket, or one that took retries
+                // to bind) need no turn of their own: registering a socket that is already
+                // readable reports it at the next poll.
             }
             Err(err) => {
                 if let Some(listener) = self.listeners.get(token) {
