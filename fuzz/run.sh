@@ -22,7 +22,7 @@ if [ "${1:-}" = --if-available ]; then
 fi
 seconds=${1:?usage: fuzz/run.sh [--if-available] SECONDS [TARGET...]}
 shift
-targets=${*:-proxy_header yaml_table include_glob inetd_conf xinetd_conf}
+targets=${*:-proxy_header yaml_table yaml_simple include_glob inetd_conf xinetd_conf}
 cargo=${CARGO:-cargo}
 sanitizer=${FUZZ_SANITIZER:-none}
 

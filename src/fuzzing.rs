@@ -23,6 +23,12 @@ pub fn dump_table_text(text: &str) -> Result<String, Vec<String>> {
     }
 }
 
+/// Whether the fast reader of the common table shape, where it reads `text`, agrees with the
+/// general YAML parser (the same tree, the same positions, no syntax error).
+pub fn simple_yaml_agrees(text: &str) -> bool {
+    config::simple_reading_agrees(text)
+}
+
 /// The YAML syntax error that stops the reading of `text`, if there is one (`LINE:COLUMN:
 /// message`); what the checker says of the values is left out.
 pub fn yaml_syntax_error(text: &str) -> Option<String> {

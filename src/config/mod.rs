@@ -319,3 +319,16 @@ impl ServiceSpec {
         }
     }
 }
+
+/// Whether the simple reader, where it reads `text`, builds the tree the general YAML parser
+/// builds, positions included; true where it leaves `text` to the general parser. For the
+/// `yaml_simple` fuzz target: the two readings must never disagree.
+pub(crate) fn simple_reading_agrees(text: &str) -> bool {
+    match simple::read(text) {
+        None => true,
+        Some(simple) => {
+            let general = yaml::read_general(text);
+            general.error.is_none() && simple.root == general.root
+        }
+    }
+}
