@@ -200,10 +200,16 @@ impl Server {
         }
         // Start-up's temporary allocations are gone: the holes they left go back.
         crate::spawn::release_free_heap();
-        // Once, before saying ready, so that what a service keeps at rest (the output pipe
-        // made ahead) is there when ready is reported.
-        for token in std::mem::take(&mut self.runnable) {
-            self.dispatch(token, false);
+        // Before saying ready: the output pipe the first handler will get is made ahead, as
+        // it is for each later one, so that running out of descriptors holds a connection
+        // back instead of dropping it, and what rinetd keeps at rest is there at `ready`.
+        let runs_handlers = self
+            .table
+            .entries()
+            .find(|(_, entry)| entry.service.exec_plan().is_some())
+            .map(|(id, _)| id);
+        if let Some(id) = runs_handlers {
+            self.prepare_pipe(id);
         }
         self.start_due_programs();
         let mut events = Events::with_capacity(256);
