@@ -133,9 +133,23 @@ impl Display for Configured {
 
 // ---- a service's sockets -------------------------------------------------------------------
 
-pub fn listening(label: &str, address: &str, inherited: bool) {
+/// `bound`: the IP address a socket is bound to, else (a UNIX socket) the configured path.
+pub fn listening(
+    label: &str,
+    bound: Option<std::net::SocketAddr>,
+    path: &dyn Display,
+    inherited: bool,
+) {
     let how = if inherited { " inherited=true" } else { "" };
-    info!("{label}: listening address={}{how}", Value(address));
+    match bound {
+        // One line a listener, a thousand at the start of a big table: the address written by
+        // hand, as a client's is.
+        Some(address) => info!("{label}: listening address={}{how}", Client(Some(address))),
+        None => info!(
+            "{label}: listening address={}{how}",
+            Value(&path.to_string())
+        ),
+    }
 }
 
 pub fn bind_failed(label: &str, address: &str, err: &dyn Display, retry: Duration) {

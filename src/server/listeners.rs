@@ -353,11 +353,13 @@ impl Server {
             .bind(token, &entry.service, self.poll.registry())
         {
             Ok(()) => {
-                // `shown` makes a String: not for a line `-q` leaves out.
-                if log::log_enabled!(log::Level::Info)
-                    && let Some(listener) = self.listeners.get(token)
-                {
-                    events::listening(entry.label(), &listener.shown(), listener.is_inherited());
+                if let Some(listener) = self.listeners.get(token) {
+                    events::listening(
+                        entry.label(),
+                        listener.bound(),
+                        &listener.endpoint,
+                        listener.is_inherited(),
+                    );
                 }
                 // Clients already queued (on an inherited socket, or one that took retries
                 // to bind) need no turn of their own: registering a socket that is already
