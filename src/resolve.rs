@@ -683,15 +683,21 @@ const DEFAULT_PATH_ENTRY: &CStr =
 
 /// The whole fixed environment of a service without `user`, `env` or `pass_env` (most of a
 /// table's), as one static list per protocol instead of a list of its own.
-fn shared_env(entries: &[Cow<'static, CStr>]) -> Option<&'static [Cow<'static, CStr>]> {
+fn shared_env(fixed: &[(&str, Cow<'_, str>)]) -> Option<&'static [Cow<'static, CStr>]> {
     const PATH: Cow<'static, CStr> = Cow::Borrowed(DEFAULT_PATH_ENTRY);
-    const LISTS: [&[Cow<'static, CStr>]; 4] = [
-        &[PATH, Cow::Borrowed(c"PROTO=TCP")],
-        &[PATH, Cow::Borrowed(c"PROTO=UDP")],
-        &[PATH, Cow::Borrowed(c"PROTO=UNIX")],
-        &[PATH, Cow::Borrowed(c"PROTO=NONE")],
-    ];
-    LISTS.into_iter().find(|list| *list == entries)
+    let [("PATH", path), ("PROTO", proto)] = fixed else {
+        return None;
+    };
+    if path != DEFAULT_PATH {
+        return None;
+    }
+    Some(match proto.as_ref() {
+        "TCP" => &[PATH, Cow::Borrowed(c"PROTO=TCP")],
+        "UDP" => &[PATH, Cow::Borrowed(c"PROTO=UDP")],
+        "UNIX" => &[PATH, Cow::Borrowed(c"PROTO=UNIX")],
+        "NONE" => &[PATH, Cow::Borrowed(c"PROTO=NONE")],
+        _ => return None,
+    })
 }
 
 fn exec_plan(
@@ -708,46 +714,60 @@ fn exec_plan(
         }
         None => (None, None),
     };
-    let mut fixed: Vec<(String, String)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("PROTO".into(), spec.protocol.as_str().to_ascii_uppercase()),
+    // Borrowed, not copied: each is read once, into the plan's entries (or not at all, for
+    // the usual static list), so a copy would only be made to be freed.
+    let proto = match spec.protocol {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Unix => "UNIX",
+        Protocol::None => "NONE",
+    };
+    let mut fixed: Vec<(&str, Cow<'_, str>)> = vec![
+        ("PATH", Cow::Borrowed(DEFAULT_PATH)),
+        ("PROTO", Cow::Borrowed(proto)),
     ];
     if let Some(user) = &user {
-        fixed.push(("USER".into(), user.name.clone()));
-        fixed.push(("LOGNAME".into(), user.name.clone()));
-        fixed.push(("HOME".into(), user.dir.to_string_lossy().into_owned()));
-        fixed.push(("SHELL".into(), user.shell.to_string_lossy().into_owned()));
+        fixed.push(("USER", Cow::Borrowed(&user.name)));
+        fixed.push(("LOGNAME", Cow::Borrowed(&user.name)));
+        fixed.push(("HOME", user.dir.to_string_lossy()));
+        fixed.push(("SHELL", user.shell.to_string_lossy()));
     }
-    let mut overrides: Vec<(String, String)> = spec
+    let mut overrides: Vec<(&str, &str)> = spec
         .pass_env
         .iter()
         .filter_map(|name| {
             let (_, value) = host.environment.iter().find(|(k, _)| k == name)?;
-            Some((name.clone(), value.clone()))
+            Some((name.as_str(), value.as_str()))
         })
         .collect();
-    overrides.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let overridden: BTreeSet<String> = overrides.iter().map(|(k, _)| k.clone()).collect();
+    overrides.extend(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let overridden: BTreeSet<&str> = overrides.iter().map(|(k, _)| *k).collect();
     fixed.retain(|(k, _)| !overridden.contains(k));
     // A later `env` entry wins over a `pass_env` one of the same name.
     let mut seen = BTreeSet::new();
-    let mut entries: Vec<(String, String)> = Vec::new();
+    let mut entries: Vec<(&str, Cow<'_, str>)> = Vec::new();
     for (k, v) in overrides.into_iter().rev() {
-        if seen.insert(k.clone()) {
-            entries.push((k, v));
+        if seen.insert(k) {
+            entries.push((k, Cow::Borrowed(v)));
         }
     }
     entries.reverse();
     fixed.extend(entries);
-    // A fresh vector (not the strings' one reused in place, which kept three times the room).
-    let mut fixed_env: Vec<Cow<'static, CStr>> = Vec::with_capacity(fixed.len());
-    for (k, v) in fixed {
-        fixed_env.extend(shared_entry(&k, &v).map(Cow::Borrowed).or_else(|| {
-            CString::new([k.as_str(), "=", v.as_str()].concat())
-                .ok()
-                .map(Cow::Owned)
-        }));
-    }
+    let fixed_env = match shared_env(&fixed) {
+        Some(list) => Cow::Borrowed(list),
+        None => Cow::Owned(
+            fixed
+                .iter()
+                .filter_map(|(k, v)| {
+                    shared_entry(k, v).map(Cow::Borrowed).or_else(|| {
+                        CString::new([k, "=", v.as_ref()].concat())
+                            .ok()
+                            .map(Cow::Owned)
+                    })
+                })
+                .collect(),
+        ),
+    };
     let argv = match args {
         [name]
             if path
@@ -766,12 +786,9 @@ fn exec_plan(
     ExecPlan {
         path: CString::new(path.as_os_str().as_bytes()).unwrap_or_default(),
         argv,
-        fixed_env: match shared_env(&fixed_env) {
-            Some(list) => Cow::Borrowed(list),
-            None => Cow::Owned(fixed_env),
-        },
+        fixed_env,
         // A set's order: sorted, as `spawn` searches it.
-        overridden: overridden.into_iter().collect(),
+        overridden: overridden.into_iter().map(String::from).collect(),
         cwd: match cwd {
             b"/" => Cow::Borrowed(c"/"),
             _ => Cow::Owned(CString::new(cwd).unwrap_or_default()),

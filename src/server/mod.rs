@@ -141,6 +141,7 @@ impl Server {
             daemon: metrics::Daemon::new(),
             supervisor: supervise::Supervisor::default(),
         };
+        server.table.reserve(services.len());
         for service in services {
             let endpoints = service.listen.clone();
             let id = server.table.insert(service);
