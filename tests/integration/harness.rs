@@ -740,9 +740,9 @@ pub fn wait_until_stalled(what: &str, mut queued: impl FnMut() -> u64) {
 /// Lowers rinetd's soft RLIMIT_NOFILE to leave exactly `free` descriptors it can open (its
 /// open ones counted by number); returns the limit it had, for `restore_nofile`.
 pub fn leave_free_descriptors(pid: i32, free: usize) -> libc::rlimit {
-    let mut open: Vec<usize> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+    let mut open: Vec<usize> = open_descriptors(pid)
+        .into_iter()
+        .filter_map(|fd| usize::try_from(fd).ok())
         .collect();
     open.sort_unstable();
     let mut limit = 0;
@@ -776,10 +776,16 @@ pub fn restore_nofile(pid: i32, old: libc::rlimit) {
     assert_eq!(ok, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
-pub fn open_fd_count(pid: i32) -> usize {
+/// The numbers of the descriptors `pid` has open (/proc/PID/fd).
+pub fn open_descriptors(pid: i32) -> Vec<i32> {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
-        .count()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+pub fn open_fd_count(pid: i32) -> usize {
+    open_descriptors(pid).len()
 }
 
 // ---------------------------------------------------------------------------------------------

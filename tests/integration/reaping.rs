@@ -5,15 +5,15 @@ use std::io::Write;
 use std::net::Shutdown;
 
 use crate::harness::{
-    Daemon, Service, TestDir, leave_free_descriptors, process_status, read_to_eof, restore_nofile,
-    wait_until, wrapped, zombie_children,
+    Daemon, Service, TestDir, leave_free_descriptors, open_descriptors, process_status,
+    read_to_eof, restore_nofile, wait_until, wrapped, zombie_children,
 };
 
 /// How many pidfds `pid` holds.
 fn pidfds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+    open_descriptors(pid)
+        .into_iter()
+        .filter_map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok())
         .filter(|target| target.to_string_lossy() == "anon_inode:[pidfd]")
         .count()
 }
@@ -185,9 +185,8 @@ fn a_child_a_handler_gives_rinetd_with_clone_parent_is_reaped() {
 
 /// Descriptors of rinetd's numbered `from` or above.
 fn descriptors_from(pid: i32, from: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    open_descriptors(pid)
+        .into_iter()
         .filter(|fd| *fd >= from)
         .count()
 }
